@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# db/entrypoint.sh: entrypoint of the user-api MariaDB image (installed as /bin/db-entrypoint).
+#
+# Runs as the unprivileged mysql user (uid 999) on a read-only root filesystem; writes only to the
+# data volume /var/lib/mysql and to the tmpfs mounts /run/mysqld and /tmp.
+#
+# First start (empty data volume):
+#   1. mariadb-install-db into /var/lib/mysql (system tables only, no test db, no host-name rows);
+#   2. a temporary server with --skip-networking, reachable only on the unix socket, so that nothing
+#      (and no healthcheck, which connects over TCP) sees the half-initialised database;
+#   3. root gets its password and stays root@localhost only (MARIADB_ROOT_HOST to widen that);
+#      the application database and its user ('<user>'@'%', ALL on that database only) are created;
+#      a 'healthcheck' login with a random password (USAGE only, local hosts only) is written to
+#      /var/lib/mysql/.my-healthcheck.cnf (0600) for healthcheck.sh, as the official image does;
+#   4. the temporary server is stopped and the real server is exec'ed with networking.
+# Later starts: exec the real server directly. Passwords are read only on the first start.
+#
+# Crash safety: a marker file (.db-entrypoint-init-in-progress) is written before anything else
+# and removed as the very last step of the first start. If the container dies half-way, the next
+# start finds the marker, wipes what the broken attempt left and initialises again. A data
+# directory without the marker but with a mysql/ schema (ours, or one made by the official image)
+# is taken as initialised; a non-empty one with neither is refused rather than wiped.
+#
+# Environment (the same names as the official mariadb/mysql images; MARIADB_* win over MYSQL_*):
+#   MYSQL_ROOT_PASSWORD_FILE  file holding the root password            (first start: required)
+#   MYSQL_DATABASE            database to create                         (optional)
+#   MYSQL_USER                application user to create                 (optional)
+#   MYSQL_PASSWORD_FILE       file holding the application user's password (required with USER)
+#   MARIADB_ROOT_HOST         extra host for a root account; default: none (root@localhost only)
+# Plain MYSQL_ROOT_PASSWORD / MYSQL_PASSWORD values are refused: they would show in
+# `docker inspect` and in /proc/*/environ. Use the *_FILE variables with compose/docker secrets.
+#
+# Arguments: extra options for mariadbd (appended last, so they override the defaults below).
+# A first argument of `mariadbd`/`mysqld` is dropped (the official images' CMD); any other first
+# argument that is not an option is exec'ed as a command (debugging: `... db-entrypoint bash`).
+#
+# Secrets never reach the process list, the environment of mariadbd or the logs: they are read
+# into unexported shell variables and sent to the client as SQL on stdin (printf is a builtin).
+set -Eeuo pipefail
+shopt -s nullglob dotglob
+
+DATADIR=/var/lib/mysql
+RUNDIR=/run/mysqld
+IN_PROGRESS=$DATADIR/.db-entrypoint-init-in-progress
+HEALTH_CNF=$DATADIR/.my-healthcheck.cnf
+
+log() { printf '%s [db-entrypoint] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---- arguments --------------------------------------------------------------------------------
+if [[ $# -gt 0 ]]; then
+  case "$1" in
+    mariadbd|mysqld|*/mariadbd|*/mysqld) shift ;;
+    -*) ;;
+    *) exec "$@" ;;
+  esac
+fi
+
+for bin in mariadbd mariadb mariadb-admin mariadb-install-db; do
+  command -v "$bin" >/dev/null || die "'$bin' is not on PATH ($PATH)"
+done
+
+# Socket, pid and lock files: /run/mysqld (a tmpfs in compose). If it is not writable for this uid
+# (a tmpfs root owned by root with a restrictive mode: engines differ, see docker-compose.yml),
+# fall back to /tmp/mysqld rather than fail: nothing outside this container uses the socket.
+if [[ ! -d "$RUNDIR" || ! -w "$RUNDIR" ]]; then
+  log "WARNING: $RUNDIR is not writable by uid $(id -u); using /tmp/mysqld for the socket"
+  RUNDIR=/tmp/mysqld
+  mkdir -p "$RUNDIR" 2>/dev/null || die "neither /run/mysqld nor /tmp/mysqld is writable by uid $(id -u): mount a tmpfs on /run/mysqld (mode=1777)"
+fi
+SOCKET=$RUNDIR/mysqld.sock
+
+# The options every server start gets (the temporary one too). Paths are explicit because the
+# Debian and the Nix builds compile in different defaults, and no my.cnf is read from the image.
+SERVER_OPTS=(
+  --datadir="$DATADIR"
+  --socket="$SOCKET"
+  --pid-file="$RUNDIR/mariadbd.pid"
+  --port=3306
+  --character-set-server=utf8mb4
+  --collation-server=utf8mb4_unicode_ci
+  --skip-name-resolve
+)
+# (No --log-error: the error log goes to stderr, i.e. the container log.)
+# --no-defaults must come first: nothing in the image is meant to configure the server but this
+# script and its arguments (no surprise /etc/my.cnf from a base layer).
+MARIADBD=(mariadbd --no-defaults "${SERVER_OPTS[@]}")
+
+# ---- environment --------------------------------------------------------------------------------
+# env_pick NAME: value of MARIADB_NAME, else MYSQL_NAME, else empty.
+env_pick() {
+  local m="MARIADB_$1" y="MYSQL_$1"
+  if [[ -n "${!m:-}" ]]; then printf '%s' "${!m}"; else printf '%s' "${!y:-}"; fi
+}
+
+for v in ROOT_PASSWORD PASSWORD; do
+  for p in MARIADB MYSQL; do
+    n="${p}_$v"
+    if [[ -n "${!n:-}" ]]; then
+      die "$n is set as a plain environment value; this image refuses passwords in the environment (they show in 'docker inspect'). Put the password in a file (a compose secret) and set ${n}_FILE=/run/secrets/<name> instead."
+    fi
+  done
+done
+for p in MARIADB_ALLOW_EMPTY_ROOT_PASSWORD MYSQL_ALLOW_EMPTY_PASSWORD MARIADB_RANDOM_ROOT_PASSWORD MYSQL_RANDOM_ROOT_PASSWORD; do
+  [[ -z "${!p:-}" ]] || log "WARNING: $p is not supported by this image and is ignored; use MYSQL_ROOT_PASSWORD_FILE"
+done
+
+# read_secret VAR_NAME: prints the content of the file named by MARIADB_VAR_NAME_FILE or
+# MYSQL_VAR_NAME_FILE, without its trailing newline(s). Fails with a message that says what to fix.
+read_secret() {
+  local what="$1" var file content
+  var="MARIADB_${what}_FILE"; file="${!var:-}"
+  if [[ -z "$file" ]]; then var="MYSQL_${what}_FILE"; file="${!var:-}"; fi
+  [[ -n "$file" ]] || die "MYSQL_${what}_FILE (or MARIADB_${what}_FILE) is required to initialise an empty data directory"
+  if [[ ! -e "$file" ]]; then
+    die "$var=$file: no such file (is the secret declared for this service, and does its source file exist on the host?)"
+  fi
+  if [[ ! -r "$file" ]]; then
+    die "$var=$file: not readable by uid $(id -u). Compose mounts file secrets with the host file's owner and mode, so the file on the host must be world-readable (chmod 0644 secrets/*.txt) inside a 0700 directory (chmod 0700 secrets)."
+  fi
+  content="$(<"$file")"
+  [[ -n "$content" ]] || die "$var=$file: the file is empty"
+  printf '%s' "$content"
+}
+
+# SQL quoting: string literal and identifier.
+sql_str() { local s="${1//\\/\\\\}"; s="${s//\'/\\\'}"; printf "'%s'" "$s"; }
+sql_ident() { printf '`%s`' "${1//\`/\`\`}"; }
+
+# ---- data directory state -------------------------------------------------------------------------
+[[ -d "$DATADIR" && -w "$DATADIR" ]] || die "$DATADIR is missing or not writable by uid $(id -u) (the volume must be owned by 999:999; a fresh named volume inherits that from the image)"
+rm -f "$SOCKET" "$SOCKET.lock" "$RUNDIR/mariadbd.pid"
+
+needs_init=0
+if [[ -e "$IN_PROGRESS" ]]; then
+  log "a previous first-start initialisation did not finish: wiping its leftovers and starting over"
+  for f in "$DATADIR"/*; do
+    [[ "${f##*/}" == lost+found ]] && continue
+    [[ "$f" == "$IN_PROGRESS" ]] && continue
+    rm -rf -- "$f"
+  done
+  needs_init=1
+elif [[ -d "$DATADIR/mysql" ]]; then
+  needs_init=0
+else
+  leftovers=()
+  for f in "$DATADIR"/*; do [[ "${f##*/}" == lost+found ]] || leftovers+=("${f##*/}"); done
+  if [[ ${#leftovers[@]} -gt 0 ]]; then
+    die "$DATADIR is not empty but holds no MariaDB system schema (found: ${leftovers[*]:0:5}); refusing to touch it"
+  fi
+  needs_init=1
+fi
+
+# ---- first start ------------------------------------------------------------------------------------
+init_database() {
+  local root_pw db user="" user_pw="" hc_pw root_host sql basedir mariadbd_path tmp_pid i
+
+  root_pw="$(read_secret ROOT_PASSWORD)"
+  db="$(env_pick DATABASE)"
+  user="$(env_pick USER)"
+  if [[ -n "$user" ]]; then
+    [[ "$user" != root ]] || die "MYSQL_USER=root: the root account is configured by MYSQL_ROOT_PASSWORD_FILE; pick another user name"
+    user_pw="$(read_secret PASSWORD)"
+  elif [[ -n "$(env_pick PASSWORD_FILE)" ]]; then
+    log "WARNING: MYSQL_PASSWORD_FILE is set but MYSQL_USER is not: no application user is created"
+  fi
+  root_host="$(env_pick ROOT_HOST)"
+  hc_pw="$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+
+  : >"$IN_PROGRESS"
+  log "initialising an empty data directory in $DATADIR"
+
+  # --basedir: where share/mysql and the helper binaries live. Debian: /usr (mariadbd in /usr/sbin);
+  # Nix: the store path (mariadbd in bin/). DB_BASEDIR overrides the guess.
+  mariadbd_path="$(readlink -f "$(command -v mariadbd)")"
+  basedir="${DB_BASEDIR:-$(dirname "$(dirname "$mariadbd_path")")}"
+  # --cross-bootstrap: no rows for this container's random host name (and no host lookup);
+  # --auth-root-authentication-method=normal: root@localhost gets a password below, no unix_socket
+  # auth (there is no matching OS account in most images).
+  if ! mariadb-install-db --no-defaults --basedir="$basedir" --datadir="$DATADIR" \
+        --auth-root-authentication-method=normal --skip-test-db --cross-bootstrap \
+        --skip-name-resolve --character-set-server=utf8mb4 \
+        --collation-server=utf8mb4_unicode_ci >"$RUNDIR/install-db.log" 2>&1; then
+    cat "$RUNDIR/install-db.log" >&2
+    die "mariadb-install-db failed"
+  fi
+  rm -f "$RUNDIR/install-db.log"
+
+  log "starting a temporary server (unix socket only) to create users and the database"
+  "${MARIADBD[@]}" --skip-networking --skip-log-bin \
+    --loose-innodb-buffer-pool-load-at-startup=0 --loose-innodb-buffer-pool-dump-at-shutdown=0 &
+  tmp_pid=$!
+  # A stop request during initialisation: stop the temporary server cleanly, leave the marker,
+  # so that the next start retries from scratch.
+  trap 'log "stop requested during initialisation"; kill -TERM "$tmp_pid" 2>/dev/null; wait "$tmp_pid" 2>/dev/null; exit 143' TERM INT
+
+  for ((i = 0; i < 120; i++)); do
+    kill -0 "$tmp_pid" 2>/dev/null || die "the temporary server exited during initialisation (see its log above)"
+    mariadb-admin --no-defaults --protocol=socket --socket="$SOCKET" -uroot ping >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  ((i < 120)) || die "the temporary server did not answer on $SOCKET within 60 s"
+
+  sql="SET SESSION sql_log_bin=0;
+-- root: local only. mariadb-install-db also made passwordless root@127.0.0.1 and root@::1.
+DROP USER IF EXISTS 'root'@'127.0.0.1', 'root'@'::1';
+ALTER USER 'root'@'localhost' IDENTIFIED BY $(sql_str "$root_pw");"
+  if [[ -n "$root_host" && "$root_host" != localhost ]]; then
+    sql+="
+CREATE USER $(sql_str root)@$(sql_str "$root_host") IDENTIFIED BY $(sql_str "$root_pw");
+GRANT ALL ON *.* TO $(sql_str root)@$(sql_str "$root_host") WITH GRANT OPTION;"
+  fi
+  sql+="
+-- liveness/readiness login for healthcheck.sh: no privileges, local connections only.
+CREATE USER 'healthcheck'@'127.0.0.1' IDENTIFIED BY $(sql_str "$hc_pw"),
+            'healthcheck'@'::1' IDENTIFIED BY $(sql_str "$hc_pw"),
+            'healthcheck'@'localhost' IDENTIFIED BY $(sql_str "$hc_pw");"
+  if [[ -n "$db" ]]; then
+    sql+="
+CREATE DATABASE IF NOT EXISTS $(sql_ident "$db") CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;"
+  fi
+  if [[ -n "$user" ]]; then
+    sql+="
+CREATE USER $(sql_str "$user")@'%' IDENTIFIED BY $(sql_str "$user_pw");"
+    if [[ -n "$db" ]]; then
+      # '_' and '%' are wildcards in a database grant: escape them so the grant covers this
+      # database only.
+      local grant_db="${db//_/\\_}"; grant_db="${grant_db//%/\\%}"
+      sql+="
+GRANT ALL ON $(sql_ident "$grant_db").* TO $(sql_str "$user")@'%';"
+    fi
+  fi
+  sql+="
+FLUSH PRIVILEGES;"
+
+  if ! printf '%s\n' "$sql" | mariadb --no-defaults --protocol=socket --socket="$SOCKET" -uroot \
+        --batch --skip-column-names >/dev/null; then
+    die "setting up users and the database failed (the SQL error is above)"
+  fi
+  unset root_pw user_pw sql
+
+  (
+    umask 077
+    printf '[client]\nuser=healthcheck\npassword=%s\nprotocol=tcp\nhost=127.0.0.1\nport=3306\nsocket=%s\n' \
+      "$hc_pw" "$SOCKET" >"$HEALTH_CNF.tmp"
+    mv -f "$HEALTH_CNF.tmp" "$HEALTH_CNF"
+  )
+  unset hc_pw
+
+  log "stopping the temporary server"
+  kill -TERM "$tmp_pid"
+  wait "$tmp_pid" || die "the temporary server did not shut down cleanly"
+  trap - TERM INT
+  sync
+  rm -f "$IN_PROGRESS"
+  sync
+  log "initialisation complete${db:+: database '$db'}${user:+, user '$user'}"
+}
+
+if ((needs_init)); then
+  init_database
+else
+  log "data directory already initialised: starting the server"
+fi
+
+exec "${MARIADBD[@]}" "$@"
