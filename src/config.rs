@@ -1,0 +1,267 @@
+//! Configuration: Rocket's figment (Rocket.toml + `ROCKET_*`), plus
+//! `DATABASE_*` variables mapped onto `databases.users.*`, the table
+//! rocket_db_pools hands to the pool.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use rocket::config::LogLevel;
+use rocket::figment::providers::{Env, Format, Serialized, Toml};
+use rocket::figment::{Figment, Profile, value::Value};
+use serde::Deserialize;
+use sqlx::ConnectOptions;
+use sqlx::mysql::MySqlConnectOptions;
+
+use crate::log::LogFormat;
+
+/// The figment the server and the `healthcheck` subcommand read: Rocket's
+/// own layering (defaults < Rocket.toml < `ROCKET_*`) with this service's
+/// defaults slotted in above Rocket's, and `DATABASE_*` on top.
+pub fn figment() -> Figment {
+    Figment::from(rocket::Config::default())
+        .merge(Serialized::defaults(ServiceDefaults::default()))
+        .merge(Toml::file(Env::var_or("ROCKET_CONFIG", "Rocket.toml")).nested())
+        .merge(Env::prefixed("ROCKET_").ignore(&["PROFILE"]).global())
+        .merge(
+            Env::prefixed("DATABASE_")
+                .map(|key| format!("databases.users.{key}").into())
+                .global(),
+        )
+        .select(Profile::from_env_or(
+            "ROCKET_PROFILE",
+            rocket::Config::DEFAULT_PROFILE,
+        ))
+}
+
+/// Where this service differs from Rocket's defaults.
+#[derive(serde::Serialize)]
+struct ServiceDefaults {
+    /// No `Server: Rocket` header: nothing to fingerprint.
+    ident: bool,
+    /// The service's own log (one line per request, startup and shutdown
+    /// events, in text or JSON) replaces Rocket's multi-line output, which
+    /// costs more than the request itself and would break JSON logs.
+    log_level: LogLevel,
+}
+
+impl Default for ServiceDefaults {
+    fn default() -> Self {
+        Self {
+            ident: false,
+            log_level: LogLevel::Off,
+        }
+    }
+}
+
+/// Application settings that live beside Rocket's own at the top level.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AppSettings {
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// One line per request; off only to measure what logging costs.
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `databases.users`: either `url`, or `host` + `port` + `name` + `user` +
+/// `password_file`. Timeouts are in seconds and may be fractional.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    url: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    name: Option<String>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    /// Present only to refuse it: passwords come from files.
+    password: Option<Value>,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+    #[serde(default = "defaults::min_connections")]
+    pub min_connections: u32,
+    /// Bounds one connection attempt and the wait for a pooled connection.
+    #[serde(default = "defaults::connect_timeout")]
+    connect_timeout: f64,
+    #[serde(default = "defaults::idle_timeout")]
+    idle_timeout: f64,
+    #[serde(default = "defaults::startup_timeout")]
+    startup_timeout: f64,
+    #[serde(default = "defaults::query_timeout")]
+    query_timeout: f64,
+}
+
+mod defaults {
+    pub fn max_connections() -> u32 {
+        16
+    }
+    pub fn min_connections() -> u32 {
+        2
+    }
+    pub fn connect_timeout() -> f64 {
+        3.0
+    }
+    pub fn idle_timeout() -> f64 {
+        300.0
+    }
+    pub fn startup_timeout() -> f64 {
+        60.0
+    }
+    pub fn query_timeout() -> f64 {
+        5.0
+    }
+}
+
+impl DatabaseSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        seconds(self.connect_timeout)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        seconds(self.idle_timeout)
+    }
+
+    pub fn startup_timeout(&self) -> Duration {
+        seconds(self.startup_timeout)
+    }
+
+    pub fn query_timeout(&self) -> Duration {
+        seconds(self.query_timeout)
+    }
+
+    /// Where the server is, for log lines: never includes credentials.
+    pub fn describe(&self) -> String {
+        match (&self.url, &self.host) {
+            (Some(url), _) => match MySqlConnectOptions::from_str(url) {
+                Ok(o) => format!(
+                    "{}:{}/{}",
+                    o.get_host(),
+                    o.get_port(),
+                    o.get_database().unwrap_or("")
+                ),
+                Err(_) => "the configured DATABASE_URL".into(),
+            },
+            (None, Some(host)) => format!(
+                "{host}:{}/{}",
+                self.port.unwrap_or(3306),
+                self.name.as_deref().unwrap_or("")
+            ),
+            (None, None) => "nowhere".into(),
+        }
+    }
+
+    /// Builds the connection options, reading the password file. Errors name
+    /// the setting at fault and never contain the password.
+    pub fn connect_options(&self) -> Result<MySqlConnectOptions, String> {
+        if self.password.is_some() {
+            return Err(
+                "DATABASE_PASSWORD (databases.users.password) is not read: put the \
+                        password in a file and set DATABASE_PASSWORD_FILE to its path"
+                    .into(),
+            );
+        }
+        let options = match (&self.url, &self.host) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "give the database either as DATABASE_URL or as DATABASE_HOST \
+                            (+ PORT, NAME, USER, PASSWORD_FILE), not both"
+                        .into(),
+                );
+            }
+            (None, None) => {
+                return Err(
+                    "no database configured: set DATABASE_URL, or DATABASE_HOST, \
+                            DATABASE_NAME, DATABASE_USER and DATABASE_PASSWORD_FILE"
+                        .into(),
+                );
+            }
+            (Some(url), None) => MySqlConnectOptions::from_str(url)
+                .map_err(|e| format!("DATABASE_URL is not a valid mysql:// URL: {e}"))?,
+            (None, Some(host)) => {
+                let name = self.name.as_deref().ok_or("DATABASE_NAME is not set")?;
+                let user = self.user.as_deref().ok_or("DATABASE_USER is not set")?;
+                let mut options = MySqlConnectOptions::new()
+                    .host(host)
+                    .port(self.port.unwrap_or(3306))
+                    .database(name)
+                    .username(user);
+                if let Some(path) = &self.password_file {
+                    options = options.password(&read_password(path)?);
+                }
+                options
+            }
+        };
+        Ok(options.charset("utf8mb4").disable_statement_logging())
+    }
+}
+
+fn seconds(value: f64) -> Duration {
+    Duration::try_from_secs_f64(value).unwrap_or(Duration::ZERO)
+}
+
+/// The whole file minus one trailing line break, as `echo pw > file` leaves.
+fn read_password(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read DATABASE_PASSWORD_FILE {}: {e}", path.display()))?;
+    let password = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if password.is_empty() {
+        return Err(format!(
+            "DATABASE_PASSWORD_FILE {} is empty",
+            path.display()
+        ));
+    }
+    Ok(password.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rocket::figment::providers::Serialized;
+
+    fn settings(pairs: &[(&str, &str)]) -> DatabaseSettings {
+        let mut figment = Figment::new();
+        for (key, value) in pairs {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        figment.extract().unwrap()
+    }
+
+    #[test]
+    fn password_file_is_read_without_its_line_break() {
+        let dir = std::env::temp_dir().join(format!("user-api-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(read_password(&file).unwrap(), "s3cret");
+        std::fs::write(&file, "").unwrap();
+        assert!(read_password(&file).unwrap_err().contains("is empty"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(read_password(&file).unwrap_err().contains("cannot read"));
+    }
+
+    #[test]
+    fn password_in_a_setting_is_refused() {
+        let s = settings(&[("host", "db"), ("password", "hunter2")]);
+        let err = s.connect_options().unwrap_err();
+        assert!(err.contains("DATABASE_PASSWORD_FILE") && !err.contains("hunter2"));
+    }
+
+    #[test]
+    fn url_and_host_together_are_refused() {
+        let s = settings(&[("host", "db"), ("url", "mysql://a@b/c")]);
+        assert!(s.connect_options().unwrap_err().contains("not both"));
+    }
+
+    #[test]
+    fn describe_leaves_credentials_out() {
+        let s = settings(&[("url", "mysql://u:topsecret@dbhost:3307/app")]);
+        assert_eq!(s.describe(), "dbhost:3307/app");
+    }
+}

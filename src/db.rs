@@ -1,0 +1,225 @@
+//! The pooled MySQL/MariaDB connection, managed by rocket_db_pools, and the
+//! users table's queries.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use rocket::figment::Figment;
+use rocket_db_pools::Database;
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::{ConnectOptions, Connection};
+
+use crate::config::DatabaseSettings;
+use crate::domain::{PageSize, User, UserId, UserName};
+use crate::error::ApiError;
+use crate::log;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+#[derive(Database)]
+#[database("users")]
+pub struct Db(UserPool);
+
+pub struct UserPool {
+    pool: MySqlPool,
+    query_timeout: Duration,
+}
+
+/// Why the pool could not start; its text is safe to log.
+#[derive(Debug)]
+pub struct StartupError(String);
+
+impl std::fmt::Display for StartupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartupError {}
+
+#[rocket::async_trait]
+impl rocket_db_pools::Pool for UserPool {
+    type Connection = PoolConnection<MySql>;
+    type Error = StartupError;
+
+    async fn init(figment: &Figment) -> Result<Self, Self::Error> {
+        let result = start(figment).await;
+        if let Err(e) = &result {
+            log::error(&format!("cannot start: {e}"));
+        }
+        result.map_err(StartupError)
+    }
+
+    async fn get(&self) -> Result<Self::Connection, Self::Error> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(|e| StartupError(e.to_string()))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn start(figment: &Figment) -> Result<UserPool, String> {
+    let settings: DatabaseSettings = figment
+        .extract()
+        .map_err(|e| format!("invalid database settings: {e}"))?;
+    let options = settings.connect_options()?;
+    wait_for_server(&settings, &options).await?;
+    let pool = MySqlPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .min_connections(settings.min_connections.min(settings.max_connections))
+        .acquire_timeout(settings.connect_timeout())
+        .idle_timeout(Some(settings.idle_timeout()).filter(|d| !d.is_zero()))
+        .connect_lazy_with(options);
+    // Two replicas starting together are fine: the migrator holds a
+    // server-side GET_LOCK while it applies migrations.
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|e| format!("database migrations failed: {e}"))?;
+    log::info(&format!("database ready at {}", settings.describe()));
+    Ok(UserPool {
+        pool,
+        query_timeout: settings.query_timeout(),
+    })
+}
+
+/// Containers start in any order: retry with backoff, one line per failed
+/// attempt, until the startup deadline.
+async fn wait_for_server(
+    settings: &DatabaseSettings,
+    options: &MySqlConnectOptions,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let deadline = started + settings.startup_timeout();
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1.. {
+        let error = match tokio::time::timeout(settings.connect_timeout(), options.connect()).await
+        {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+                return Ok(());
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connection attempt timed out".to_owned(),
+        };
+        if Instant::now() + delay > deadline {
+            return Err(format!(
+                "database at {} not reachable after {attempt} attempts in {:.0?}: {error}",
+                settings.describe(),
+                started.elapsed()
+            ));
+        }
+        log::warn(&format!(
+            "database at {} not reachable (attempt {attempt}): {error}; retrying in {delay:.2?}",
+            settings.describe()
+        ));
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    unreachable!("the attempt counter is unbounded")
+}
+
+impl UserPool {
+    /// Bounds every query: a stalled server yields 503, never a hung request.
+    async fn bounded<T>(
+        &self,
+        query: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        tokio::time::timeout(self.query_timeout, query)
+            .await
+            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut))
+    }
+
+    /// Relies on the primary key, not on a read first: of many concurrent
+    /// creates of one id exactly one succeeds.
+    pub async fn create(&self, user: &User) -> Result<(), ApiError> {
+        let insert = sqlx::query("INSERT INTO users (userid, username) VALUES (?, ?)")
+            .bind(user.userid.get())
+            .bind(user.username.as_str())
+            .execute(&self.pool);
+        match self.bounded(insert).await {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(ApiError::user_exists())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn find(&self, userid: UserId) -> Result<Option<User>, ApiError> {
+        let select = sqlx::query_as::<_, (u32, String)>(
+            "SELECT userid, username FROM users WHERE userid = ?",
+        )
+        .bind(userid.get())
+        .fetch_optional(&self.pool);
+        Ok(self.bounded(select).await?.map(user_from_row))
+    }
+
+    /// `false` when no such user exists.
+    pub async fn rename(&self, userid: UserId, username: &UserName) -> Result<bool, ApiError> {
+        // The connection sets CLIENT_FOUND_ROWS: an unchanged name still
+        // counts as a matched row.
+        let update = sqlx::query("UPDATE users SET username = ? WHERE userid = ?")
+            .bind(username.as_str())
+            .bind(userid.get())
+            .execute(&self.pool);
+        Ok(self.bounded(update).await?.rows_affected() > 0)
+    }
+
+    /// `false` when no such user exists.
+    pub async fn delete(&self, userid: UserId) -> Result<bool, ApiError> {
+        let delete = sqlx::query("DELETE FROM users WHERE userid = ?")
+            .bind(userid.get())
+            .execute(&self.pool);
+        Ok(self.bounded(delete).await?.rows_affected() > 0)
+    }
+
+    /// One page in userid order after `after`, and the cursor of the next
+    /// page when there is one.
+    pub async fn list(
+        &self,
+        after: Option<UserId>,
+        size: PageSize,
+    ) -> Result<(Vec<User>, Option<UserId>), ApiError> {
+        let select = sqlx::query_as::<_, (u32, String)>(
+            "SELECT userid, username FROM users WHERE userid > ? ORDER BY userid LIMIT ?",
+        )
+        .bind(after.map_or(0, UserId::get))
+        .bind(u32::from(size.get()) + 1)
+        .fetch_all(&self.pool);
+        let mut users: Vec<User> = self
+            .bounded(select)
+            .await?
+            .into_iter()
+            .map(user_from_row)
+            .collect();
+        let next = if users.len() > usize::from(size.get()) {
+            users.truncate(size.get().into());
+            users.last().map(|u| u.userid)
+        } else {
+            None
+        };
+        Ok((users, next))
+    }
+
+    /// Readiness: the database answers `SELECT 1` within `within`.
+    pub async fn ping(&self, within: Duration) -> Result<(), ApiError> {
+        let select = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool);
+        match tokio::time::timeout(within, select).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ApiError::database_unavailable()),
+        }
+    }
+}
+
+fn user_from_row((userid, username): (u32, String)) -> User {
+    User {
+        userid: UserId::from_stored(userid),
+        username: UserName::from_stored(username),
+    }
+}

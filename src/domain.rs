@@ -1,0 +1,300 @@
+//! Request data becomes these types at the edge; handlers and the store only
+//! ever see values that already obey the rules.
+
+use rocket::form::{self, FromFormField, ValueField};
+use rocket::request::FromParam;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// A user id: a decimal integer in 1..=2147483647 (it fits `INT` on every
+/// MySQL flavour and in a JavaScript number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct UserId(u32);
+
+impl UserId {
+    pub const MAX: u32 = i32::MAX as u32;
+
+    /// Only ASCII digits: no sign, space, exponent or hex prefix.
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid_userid());
+        }
+        let digits = text.trim_start_matches('0');
+        if digits.len() > 10 {
+            return Err(invalid_userid());
+        }
+        match digits.parse::<u64>() {
+            Ok(n) if (1..=u64::from(Self::MAX)).contains(&n) => Ok(Self(n as u32)),
+            _ => Err(invalid_userid()),
+        }
+    }
+
+    fn from_json(value: &Value) -> Result<Self, ApiError> {
+        match value.as_u64() {
+            Some(n) if (1..=u64::from(Self::MAX)).contains(&n) => Ok(Self(n as u32)),
+            _ => Err(invalid_userid().unprocessable()),
+        }
+    }
+
+    /// For rows read back from the table, which only ever held parsed ids.
+    pub fn from_stored(n: u32) -> Self {
+        Self(n)
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+fn invalid_userid() -> ApiError {
+    ApiError::bad_request(
+        "invalid_userid",
+        "userid must be a decimal integer from 1 to 2147483647",
+    )
+}
+
+impl<'a> FromParam<'a> for UserId {
+    type Error = ApiError;
+
+    fn from_param(param: &'a str) -> Result<Self, Self::Error> {
+        Self::parse(param)
+    }
+}
+
+#[rocket::async_trait]
+impl<'v> FromFormField<'v> for UserId {
+    fn from_value(field: ValueField<'v>) -> form::Result<'v, Self> {
+        Self::parse(field.value).map_err(ApiError::into_form_error)
+    }
+}
+
+/// A username: 1 to 64 Unicode characters, no control characters, not only
+/// white space. Kept exactly as given: no trimming, no normalisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct UserName(String);
+
+impl UserName {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        let chars = text.chars().count();
+        let problem = if chars == 0 {
+            Some("username must not be empty")
+        } else if chars > Self::MAX_CHARS {
+            Some("username must be at most 64 characters")
+        } else if text.chars().any(char::is_control) {
+            Some("username must not contain control characters")
+        } else if text.chars().all(char::is_whitespace) {
+            Some("username must not be only white space")
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => Err(ApiError::bad_request("invalid_username", message)),
+            None => Ok(Self(text.to_owned())),
+        }
+    }
+
+    fn from_json(value: &Value) -> Result<Self, ApiError> {
+        match value {
+            Value::String(text) => Self::parse(text),
+            _ => Err(ApiError::bad_request(
+                "invalid_username",
+                "username must be a JSON string",
+            )),
+        }
+        .map_err(ApiError::unprocessable)
+    }
+
+    /// For rows read back from the table, which only ever held parsed names.
+    pub fn from_stored(text: String) -> Self {
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[rocket::async_trait]
+impl<'v> FromFormField<'v> for UserName {
+    fn from_value(field: ValueField<'v>) -> form::Result<'v, Self> {
+        Self::parse(field.value).map_err(ApiError::into_form_error)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub userid: UserId,
+    pub username: UserName,
+}
+
+/// How many users one page of `GET /users` holds: 1..=100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize(u8);
+
+impl PageSize {
+    pub const DEFAULT: Self = Self(20);
+    pub const MAX: u8 = 100;
+
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        let invalid =
+            || ApiError::bad_request("invalid_limit", "limit must be an integer from 1 to 100");
+        if text.is_empty() || text.len() > 3 || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        match text.parse::<u8>() {
+            Ok(n) if (1..=Self::MAX).contains(&n) => Ok(Self(n)),
+            _ => Err(invalid()),
+        }
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+#[rocket::async_trait]
+impl<'v> FromFormField<'v> for PageSize {
+    fn from_value(field: ValueField<'v>) -> form::Result<'v, Self> {
+        Self::parse(field.value).map_err(ApiError::into_form_error)
+    }
+}
+
+/// A JSON request body that turns into a domain value. Syntax errors are the
+/// data guard's business (400); a well-formed body that breaks a rule is 422.
+pub trait FromJson: Sized {
+    fn from_json(body: Value) -> Result<Self, ApiError>;
+}
+
+fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
+    match body {
+        Value::Object(fields) => Ok(fields),
+        _ => Err(ApiError::unprocessable_entity(
+            "invalid_body",
+            "the request body must be a JSON object",
+        )),
+    }
+}
+
+fn required<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a Value, ApiError> {
+    fields.get(name).ok_or_else(|| {
+        ApiError::unprocessable_entity(
+            "missing_field",
+            format!("the body needs a \"{name}\" field"),
+        )
+    })
+}
+
+impl FromJson for User {
+    fn from_json(body: Value) -> Result<Self, ApiError> {
+        let fields = object(body)?;
+        Ok(Self {
+            userid: UserId::from_json(required(&fields, "userid")?)?,
+            username: UserName::from_json(required(&fields, "username")?)?,
+        })
+    }
+}
+
+/// The body of `PUT /users/<id>`.
+#[derive(Debug)]
+pub struct Rename {
+    pub username: UserName,
+}
+
+impl FromJson for Rename {
+    fn from_json(body: Value) -> Result<Self, ApiError> {
+        let fields = object(body)?;
+        Ok(Self {
+            username: UserName::from_json(required(&fields, "username")?)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn userid_accepts_plain_decimal_in_range() {
+        assert_eq!(UserId::parse("1").unwrap().get(), 1);
+        assert_eq!(UserId::parse("2147483647").unwrap().get(), 2147483647);
+        assert_eq!(UserId::parse("007").unwrap().get(), 7);
+    }
+
+    #[test]
+    fn userid_rejects_everything_else() {
+        for bad in [
+            "",
+            "0",
+            "000",
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "1e3",
+            "0x10",
+            "1.0",
+            "2147483648",
+            "99999999999999999999",
+            "١",
+            "abc",
+        ] {
+            let err = UserId::parse(bad).unwrap_err();
+            assert_eq!(err.code(), "invalid_userid", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn userid_in_json_must_be_an_integer_number() {
+        assert!(UserId::from_json(&json!(5)).is_ok());
+        for bad in [
+            json!("5"),
+            json!(5.5),
+            json!(-5),
+            json!(0),
+            json!(2147483648u64),
+            json!(null),
+        ] {
+            assert!(UserId::from_json(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn username_rules() {
+        assert!(UserName::parse("John").is_ok());
+        assert!(UserName::parse(" padded ").is_ok());
+        assert!(UserName::parse(&"é".repeat(64)).is_ok());
+        assert!(UserName::parse("🦀 漢字 Robert'); DROP TABLE users;--").is_ok());
+        for bad in [
+            "",
+            "   ",
+            "\t",
+            "a\u{0}b",
+            "line\nbreak",
+            "bell\u{7}",
+            "del\u{7f}",
+        ] {
+            assert_eq!(
+                UserName::parse(bad).unwrap_err().code(),
+                "invalid_username",
+                "{bad:?}"
+            );
+        }
+        assert!(UserName::parse(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn page_size_rules() {
+        assert_eq!(PageSize::parse("1").unwrap().get(), 1);
+        assert_eq!(PageSize::parse("100").unwrap().get(), 100);
+        for bad in ["0", "101", "-1", "", "1e2", "1000"] {
+            assert!(PageSize::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

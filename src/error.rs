@@ -1,0 +1,274 @@
+//! One error type, one JSON shape: `{"error": "<code>", "message": "<text>"}`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io::Cursor;
+
+use rocket::form;
+use rocket::http::{ContentType, Header, Status};
+use rocket::request::Request;
+use rocket::response::{self, Responder, Response};
+use rocket::{Catcher, catch, catchers};
+use serde::Serialize;
+
+use crate::log;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: Status,
+    code: &'static str,
+    message: Cow<'static, str>,
+    allow: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: Status, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(Status::BadRequest, code, message)
+    }
+
+    pub fn unprocessable_entity(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(Status::UnprocessableEntity, code, message)
+    }
+
+    /// The same complaint about a well-formed JSON body: 422 instead of 400.
+    pub fn unprocessable(self) -> Self {
+        Self {
+            status: Status::UnprocessableEntity,
+            ..self
+        }
+    }
+
+    pub fn user_not_found() -> Self {
+        Self::new(
+            Status::NotFound,
+            "user_not_found",
+            "no user has this userid",
+        )
+    }
+
+    pub fn user_exists() -> Self {
+        Self::new(
+            Status::Conflict,
+            "user_exists",
+            "a user with this userid already exists",
+        )
+    }
+
+    pub fn database_unavailable() -> Self {
+        Self::new(
+            Status::ServiceUnavailable,
+            "database_unavailable",
+            "the database is not reachable right now; retry shortly",
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            Status::InternalServerError,
+            "internal",
+            "the server failed to handle this request",
+        )
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Carries the error through Rocket's form machinery so that a query
+    /// parameter's own message and code reach the client.
+    pub fn into_form_error<'v>(self) -> form::Errors<'v> {
+        form::Error::custom(self).into()
+    }
+
+    /// Turns the outcome of a query-parameter guard into the domain value.
+    pub fn from_param<T>(name: &'static str, parsed: form::Result<'_, T>) -> Result<T, Self> {
+        Self::from_optional_param(name, parsed)?.ok_or_else(|| {
+            Self::bad_request(
+                "missing_parameter",
+                format!("the query needs a \"{name}\" parameter"),
+            )
+        })
+    }
+
+    /// Like [`Self::from_param`], for a parameter that may be left out.
+    pub fn from_optional_param<T>(
+        name: &'static str,
+        parsed: form::Result<'_, T>,
+    ) -> Result<Option<T>, Self> {
+        let errors = match parsed {
+            Ok(value) => return Ok(Some(value)),
+            Err(errors) => errors,
+        };
+        for error in errors.iter() {
+            match &error.kind {
+                form::error::ErrorKind::Missing => return Ok(None),
+                form::error::ErrorKind::Custom(_, inner) => {
+                    if let Some(api) = inner.downcast_ref::<ApiError>() {
+                        return Err(api.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        Err(Self::bad_request(
+            "invalid_parameter",
+            format!("the \"{name}\" parameter is invalid"),
+        ))
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match &error {
+            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
+                Self::database_unavailable()
+            }
+            E::Database(db)
+                if db
+                    .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    .is_some_and(|e| is_transient_server_error(e.number())) =>
+            {
+                Self::database_unavailable()
+            }
+            _ => {
+                log::error(&format!("database error: {error}"));
+                Self::internal()
+            }
+        }
+    }
+}
+
+/// MySQL/MariaDB error numbers that mean "try again", not "bug".
+fn is_transient_server_error(number: u16) -> bool {
+    matches!(
+        number,
+        1040 // too many connections
+            | 1053 // server shutdown in progress
+            | 1205 // lock wait timeout
+            | 1213 // deadlock
+            | 1927 // connection killed
+            | 2006 // server has gone away
+            | 2013 // lost connection
+    )
+}
+
+impl<'r> Responder<'r, 'static> for ApiError {
+    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+        let body = serde_json::to_string(&Body {
+            error: self.code,
+            message: &self.message,
+        })
+        .map_err(|_| Status::InternalServerError)?;
+        let mut response = Response::build();
+        response
+            .status(self.status)
+            .header(ContentType::JSON)
+            .sized_body(body.len(), Cursor::new(body));
+        if let Some(allow) = self.allow {
+            response.header(Header::new("Allow", allow));
+        }
+        if self.status == Status::ServiceUnavailable {
+            response.header(Header::new("Retry-After", "1"));
+        }
+        Ok(response.finalize())
+    }
+}
+
+/// Everything Rocket answers by itself (no route, a guard that failed, a
+/// panic) still gets the JSON shape.
+pub fn catchers() -> Vec<Catcher> {
+    catchers![any_status]
+}
+
+#[catch(default)]
+fn any_status(status: Status, request: &Request<'_>) -> ApiError {
+    match status.code {
+        404 => match allowed_methods(request) {
+            Some(allow) => ApiError {
+                allow: Some(allow),
+                ..ApiError::new(
+                    Status::MethodNotAllowed,
+                    "method_not_allowed",
+                    format!("{} is not allowed on this path", request.method()),
+                )
+            },
+            None => ApiError::new(Status::NotFound, "not_found", "no such path"),
+        },
+        400 => ApiError::bad_request("bad_request", "the request could not be understood"),
+        413 => ApiError::new(status, "payload_too_large", "the request body is too large"),
+        415 => ApiError::new(
+            status,
+            "unsupported_media_type",
+            "the body must be application/json",
+        ),
+        422 => {
+            ApiError::unprocessable_entity("unprocessable", "the request could not be processed")
+        }
+        503 => ApiError::database_unavailable(),
+        500..=599 => ApiError::internal(),
+        _ => ApiError::new(status, "error", status.reason_lossy().to_owned()),
+    }
+}
+
+/// Rocket answers 404 when no route has the request's method; when another
+/// method would have matched the path, the right answer is 405 + `Allow`.
+/// Derived from the mounted routes, so it never drifts from them.
+fn allowed_methods(request: &Request<'_>) -> Option<String> {
+    let path: Vec<&str> = request.uri().path().segments().collect();
+    let mut methods: Vec<&str> = request
+        .rocket()
+        .routes()
+        .filter(|route| route_matches_path(route.uri.path(), &path))
+        .map(|route| route.method.as_str())
+        .collect();
+    if methods.is_empty() {
+        return None;
+    }
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    methods.sort_unstable();
+    methods.dedup();
+    Some(methods.join(", "))
+}
+
+fn route_matches_path(pattern: &str, path: &[&str]) -> bool {
+    let pattern: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+    pattern.len() == path.len() && pattern.iter().zip(path).all(|(p, s)| segment_matches(p, s))
+}
+
+fn segment_matches(pattern: &str, segment: &str) -> bool {
+    (pattern.starts_with('<') && pattern.ends_with('>')) || pattern == segment
+}

@@ -1,0 +1,343 @@
+//! The real binary: startup before the database, outage and recovery,
+//! graceful stop, secrets handling, the healthcheck subcommand, JSON logs.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::Connection;
+use sqlx::mysql::MySqlConnection;
+
+use crate::helpers::{
+    ApiProcess, Server, TestDb, figment, free_port, get, post_json, request, secret_file, serve,
+    shared_server,
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_waits_for_a_late_database() {
+    let port = free_port();
+    let mut server = Server::prepare_on(port);
+    let url = format!("mysql://root@127.0.0.1:{port}/mysql");
+    let mut api = ApiProcess::spawn(&[("DATABASE_URL", &url)]);
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        get(api.addr(), "/healthz").await.is_err(),
+        "it must not serve before its database"
+    );
+    server.resume();
+
+    api.wait_healthy(Duration::from_secs(30)).await;
+    let logs = api.logs();
+    assert!(logs.contains("not reachable (attempt 1)"), "{logs}");
+    assert!(logs.contains("database ready"), "{logs}");
+    let ready = get(api.addr(), "/readyz").await.unwrap();
+    assert_eq!(ready.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_gives_up_at_the_deadline_with_a_clear_message() {
+    let port = free_port();
+    let url = format!("mysql://root@127.0.0.1:{port}/nothing");
+    let started = Instant::now();
+    let mut api = ApiProcess::spawn(&[("DATABASE_URL", &url), ("DATABASE_STARTUP_TIMEOUT", "1.5")]);
+    let code = api.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(1), "{}", api.logs());
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let logs = api.logs();
+    assert!(
+        logs.contains(&format!(
+            "database at 127.0.0.1:{port}/nothing not reachable after"
+        )),
+        "{logs}"
+    );
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_gives_503_then_recovers_by_itself() {
+    let mut server = Server::start_dedicated();
+    let db = TestDb::create(&server).await;
+    let app = serve(figment(&db.url()).merge(("databases.users.connect_timeout", 1))).await;
+    let created = post_json(
+        app.addr,
+        "/users",
+        &json!({"userid": 1, "username": "before"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status, 201);
+
+    server.stop();
+    for target in ["/users/1", "/readyz"] {
+        let asked = Instant::now();
+        let response = get(app.addr, target).await.unwrap();
+        assert_eq!(response.status, 503, "{target}: {}", response.body);
+        assert_eq!(response.error_code(), "database_unavailable");
+        assert_eq!(response.header("retry-after"), Some("1"));
+        assert!(
+            asked.elapsed() < Duration::from_secs(4),
+            "{target} took {:?}",
+            asked.elapsed()
+        );
+    }
+    let write = post_json(
+        app.addr,
+        "/users",
+        &json!({"userid": 2, "username": "during"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(write.status, 503);
+    assert_eq!(
+        get(app.addr, "/healthz").await.unwrap().status,
+        200,
+        "liveness ignores the database"
+    );
+
+    server.resume();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = get(app.addr, "/readyz").await.unwrap();
+        if ready.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready again: {}", ready.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = post_json(
+        app.addr,
+        "/users",
+        &json!({"userid": 3, "username": "after"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(after.status, 201, "{}", after.body);
+    assert_eq!(db.stored_name(1).await.as_deref(), Some("before"));
+    assert_eq!(
+        db.stored_name(2).await,
+        None,
+        "a refused write is not stored"
+    );
+    drop(app);
+    drop(db);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_requests_in_flight_then_exits_0() {
+    let db = TestDb::create(shared_server()).await;
+    let mut api = ApiProcess::spawn(&[("DATABASE_URL", &db.url())]);
+    api.wait_healthy(Duration::from_secs(30)).await;
+
+    // Hold the table so that the next insert is still in flight at SIGTERM.
+    let mut blocker = db.connect().await;
+    sqlx::query("LOCK TABLES users WRITE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let addr = api.addr();
+    let in_flight = tokio::spawn(async move {
+        post_json(addr, "/users", &json!({"userid": 77, "username": "late"})).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status, 201, "{}", response.body);
+    assert_eq!(
+        api.wait_exit(Duration::from_secs(15)).await,
+        Some(0),
+        "{}",
+        api.logs()
+    );
+    assert_eq!(db.stored_name(77).await.as_deref(), Some("late"));
+    assert!(
+        get(addr, "/healthz").await.is_err(),
+        "nothing listens after the stop"
+    );
+}
+
+/// An app user with a password, as the db container creates it.
+async fn app_user(db: &TestDb, user: &str, password: &str) {
+    let mut admin = MySqlConnection::connect(&shared_server().admin_url())
+        .await
+        .unwrap();
+    for statement in [
+        format!("CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"),
+        format!("GRANT ALL ON `{}`.* TO '{user}'@'%'", db.name),
+    ] {
+        sqlx::query(&statement).execute(&mut admin).await.unwrap();
+    }
+}
+
+fn container_style_env<'a>(
+    db: &'a TestDb,
+    user: &'a str,
+    password_file: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("DATABASE_HOST", "127.0.0.1"),
+        ("DATABASE_NAME", &db.name),
+        ("DATABASE_USER", user),
+        ("DATABASE_PASSWORD_FILE", password_file),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_password_comes_from_its_file_and_never_reaches_the_logs() {
+    let server = shared_server();
+    let db = TestDb::create(server).await;
+    let user = format!("app{}", free_port());
+    let password = format!("pw-{}-Zq9!x", free_port());
+    app_user(&db, &user, &password).await;
+    let file = secret_file(&format!("{password}\n"));
+    let file = file.to_str().unwrap();
+    let port = server.port.to_string();
+    let mut env = container_style_env(&db, &user, file);
+    env.push(("DATABASE_PORT", &port));
+
+    let mut api = ApiProcess::spawn(&env);
+    api.wait_healthy(Duration::from_secs(30)).await;
+    let addr = api.addr();
+    assert_eq!(
+        request(
+            addr,
+            "POST",
+            "/create_user?userid=1&username=John",
+            &[],
+            None
+        )
+        .await
+        .unwrap()
+        .status,
+        201
+    );
+    assert_eq!(get(addr, "/get_user?userid=1").await.unwrap().status, 200);
+    assert_eq!(get(addr, "/get_user?userid=x").await.unwrap().status, 400);
+    assert_eq!(get(addr, "/readyz").await.unwrap().status, 200);
+    api.signal("TERM");
+    assert_eq!(api.wait_exit(Duration::from_secs(15)).await, Some(0));
+    let logs = api.logs();
+    assert!(
+        logs.contains("POST /create_user 201"),
+        "the access log is on: {logs}"
+    );
+    assert!(
+        !logs.contains(&password),
+        "the password leaked into the logs:\n{logs}"
+    );
+
+    // A wrong password: a clear refusal, still without the password.
+    let wrong = secret_file("not-the-password");
+    let wrong = wrong.to_str().unwrap();
+    let mut env = container_style_env(&db, &user, wrong);
+    env.extend([
+        ("DATABASE_PORT", port.as_str()),
+        ("DATABASE_STARTUP_TIMEOUT", "1"),
+    ]);
+    let mut api = ApiProcess::spawn(&env);
+    assert_eq!(api.wait_exit(Duration::from_secs(20)).await, Some(1));
+    let logs = api.logs();
+    assert!(logs.contains("Access denied"), "{logs}");
+    assert!(
+        !logs.contains("not-the-password") && !logs.contains(&password),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_or_empty_password_file_or_a_password_in_env_is_refused_clearly() {
+    let db = TestDb::create(shared_server()).await;
+    let empty = secret_file("");
+    let cases = [
+        (
+            Some("/nonexistent/db_password"),
+            None,
+            "cannot read DATABASE_PASSWORD_FILE /nonexistent/db_password",
+        ),
+        (Some(empty.to_str().unwrap()), None, "is empty"),
+        (
+            None,
+            Some("EnvSecret-123"),
+            "DATABASE_PASSWORD (databases.users.password) is not read",
+        ),
+    ];
+    for (file, env_password, expected) in cases {
+        let mut env = vec![
+            ("DATABASE_HOST", "127.0.0.1"),
+            ("DATABASE_NAME", db.name.as_str()),
+            ("DATABASE_USER", "app"),
+        ];
+        if let Some(file) = file {
+            env.push(("DATABASE_PASSWORD_FILE", file));
+        }
+        if let Some(password) = env_password {
+            env.push(("DATABASE_PASSWORD", password));
+        }
+        let mut api = ApiProcess::spawn(&env);
+        assert_eq!(
+            api.wait_exit(Duration::from_secs(10)).await,
+            Some(1),
+            "{}",
+            api.logs()
+        );
+        let logs = api.logs();
+        assert!(logs.contains(expected), "expected {expected:?} in:\n{logs}");
+        assert!(!logs.contains("EnvSecret-123"), "{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_healthcheck_subcommand_reports_the_server_state() {
+    let db = TestDb::create(shared_server()).await;
+    let mut api = ApiProcess::spawn(&[("DATABASE_URL", &db.url())]);
+    api.wait_healthy(Duration::from_secs(30)).await;
+    let healthcheck = |port: u16| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_user-api"))
+            .arg("healthcheck")
+            .env("ROCKET_ADDRESS", "0.0.0.0")
+            .env("ROCKET_PORT", port.to_string())
+            .output()
+            .unwrap()
+    };
+    assert!(healthcheck(api.port).status.success());
+    let down = healthcheck(free_port());
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("healthcheck:"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line() {
+    let db = TestDb::create(shared_server()).await;
+    let mut api = ApiProcess::spawn(&[("DATABASE_URL", &db.url()), ("ROCKET_LOG_FORMAT", "json")]);
+    api.wait_healthy(Duration::from_secs(30)).await;
+    let response = request(
+        api.addr(),
+        "GET",
+        "/users/12",
+        &[("X-Request-Id", "json-log-1")],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 404);
+    api.signal("TERM");
+    assert_eq!(api.wait_exit(Duration::from_secs(15)).await, Some(0));
+    let logs = api.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let access = lines
+        .iter()
+        .find(|l| l["request_id"] == "json-log-1")
+        .unwrap_or_else(|| panic!("no access line in {logs}"));
+    assert_eq!(access["method"], "GET");
+    assert_eq!(access["path"], "/users/12");
+    assert_eq!(access["status"], 404);
+    assert!(access["latency_ms"].as_f64().is_some());
+}

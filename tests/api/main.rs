@@ -1,0 +1,10 @@
+//! End-to-end tests of the API against a real MariaDB over real HTTP.
+//! One binary, so that one throwaway server serves every test.
+
+mod helpers;
+
+mod errors;
+mod legacy;
+mod lifecycle;
+mod openapi;
+mod resource;

@@ -1,0 +1,119 @@
+//! The OpenAPI document describes exactly the mounted routes, and its
+//! examples are what the API really answers.
+
+use std::collections::BTreeSet;
+
+use rocket::http::Status;
+use serde_json::Value;
+
+use crate::helpers::{TestDb, client, shared_server};
+
+fn document() -> Value {
+    serde_json::from_str(user_api::openapi_document()).expect("openapi.json is JSON")
+}
+
+/// `(METHOD, /path/{param})` for every operation the document lists.
+fn documented_operations(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut operations = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "put", "post", "delete", "patch", "head", "options"]
+                .contains(&method.as_str())
+            {
+                operations.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    operations
+}
+
+#[rocket::async_test]
+async fn the_document_lists_exactly_the_mounted_routes() {
+    let db = TestDb::create(shared_server()).await;
+    let client = client(&db).await;
+    let doc = document();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+
+    let mounted: BTreeSet<(String, String)> = client
+        .rocket()
+        .routes()
+        .map(|route| {
+            let path = route.uri.path().replace('<', "{").replace('>', "}");
+            (route.method.as_str().to_owned(), path)
+        })
+        .collect();
+    assert_eq!(documented_operations(&doc), mounted);
+
+    // Every query parameter a route takes is documented, and no other.
+    for route in client.rocket().routes() {
+        let path = route.uri.path().replace('<', "{").replace('>', "}");
+        let mut in_route: BTreeSet<String> = route
+            .uri
+            .query()
+            .map(|q| {
+                q.split('&')
+                    .map(|p| p.trim_matches(|c| c == '<' || c == '>').to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let operation = &doc["paths"][&path][route.method.as_str().to_lowercase()];
+        let mut documented = BTreeSet::new();
+        for param in operation["parameters"].as_array().into_iter().flatten() {
+            let param = resolve(&doc, param);
+            match param["in"].as_str() {
+                Some("query") => {
+                    documented.insert(param["name"].as_str().unwrap().to_owned());
+                }
+                Some("path") => {
+                    in_route.insert(format!("path:{}", param["name"].as_str().unwrap()));
+                    documented.insert(format!("path:{}", param["name"].as_str().unwrap()));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(documented, in_route, "{} {path}", route.method);
+    }
+}
+
+fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+    match value["$ref"].as_str() {
+        Some(reference) => doc
+            .pointer(reference.trim_start_matches('#'))
+            .expect("dangling $ref"),
+        None => value,
+    }
+}
+
+#[test]
+fn every_documented_error_code_is_one_the_api_can_send() {
+    let doc = document();
+    let codes: BTreeSet<&str> =
+        doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+    let source: String = ["error.rs", "domain.rs", "guards.rs"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(format!("{}/src/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        })
+        .collect();
+    for code in &codes {
+        assert!(
+            source.contains(&format!("\"{code}\"")),
+            "documented code {code} is never produced"
+        );
+    }
+}
+
+#[rocket::async_test]
+async fn the_document_is_served() {
+    let db = TestDb::create(shared_server()).await;
+    let client = client(&db).await;
+    let response = client.get("/openapi.json").dispatch().await;
+    assert_eq!(response.status(), Status::Ok);
+    let served: Value = response.into_json().await.unwrap();
+    assert_eq!(served, document());
+}
