@@ -91,12 +91,13 @@ impl Server {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(
-                r#"mariadbd "$@" & pid=$!
+                r#""$@" & pid=$!
                    read -r _ || true
                    kill "$pid" 2>/dev/null; wait "$pid"
                    if [ -n "$REMOVE_DIR" ]; then rm -rf "$REMOVE_DIR"; fi"#,
             )
             .arg("sh")
+            .arg(program("mariadbd"))
             .args(server_args(&dir, self.port))
             .env(
                 "REMOVE_DIR",
@@ -110,7 +111,7 @@ impl Server {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("mariadbd must be on PATH (apt-get install mariadb-server)");
+            .expect("sh runs");
         let stdin = child.stdin.take().unwrap();
         self.running = Some((child, stdin));
         wait_for_port(self.port, Duration::from_secs(60)).unwrap_or_else(|e| {
@@ -144,8 +145,19 @@ impl Drop for Server {
     }
 }
 
+/// A server program by name: PATH first, then the sbin directories that a
+/// non-root PATH often lacks (Debian installs mariadbd and nginx there).
+pub fn program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed (apt-get install mariadb-server nginx)"))
+}
+
 fn install(dir: &Path) {
-    let output = Command::new("mariadb-install-db")
+    let output = Command::new(program("mariadb-install-db"))
         .arg("--no-defaults")
         .arg(format!("--datadir={}", dir.join("data").display()))
         .args([
@@ -154,7 +166,7 @@ fn install(dir: &Path) {
             "--user=root",
         ])
         .output()
-        .expect("mariadb-install-db must be on PATH (apt-get install mariadb-server)");
+        .expect("mariadb-install-db runs");
     assert!(
         output.status.success(),
         "mariadb-install-db failed: {}",

@@ -4,7 +4,9 @@
 mod helpers;
 
 mod errors;
+mod faults;
 mod legacy;
 mod lifecycle;
 mod openapi;
+mod proxy;
 mod resource;

@@ -1,0 +1,1 @@
+//! Fault tests under load (being written).

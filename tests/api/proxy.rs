@@ -1,0 +1,1 @@
+//! The shipped nginx config in front of the real API (being written).
