@@ -111,8 +111,10 @@ mod defaults {
     pub fn startup_timeout() -> f64 {
         60.0
     }
+    /// Bounds a whole database call (waiting for a connection included),
+    /// so a stalled server answers 503 as fast as an unreachable one.
     pub fn query_timeout() -> f64 {
-        5.0
+        3.0
     }
 }
 
