@@ -1,0 +1,122 @@
+# `nix run .#load` and `nix run .#up`. Both use the container engine already on the machine
+# (docker, or podman where that is what exists; CONTAINER_ENGINE=... picks one explicitly).
+{
+  lib,
+  writeShellApplication,
+  coreutils,
+  images,
+}:
+let
+  # Sourced by both scripts: sets $engine.
+  pickEngine = ''
+    engine="''${CONTAINER_ENGINE:-}"
+    if [ -z "$engine" ]; then
+      if command -v docker >/dev/null 2>&1; then
+        engine=docker
+      elif command -v podman >/dev/null 2>&1; then
+        engine=podman
+      else
+        echo "neither docker nor podman is on PATH (set CONTAINER_ENGINE to name another)" >&2
+        exit 1
+      fi
+    fi
+  '';
+
+  streams = map toString [
+    images.api-image
+    images.proxy-image
+    images.db-image
+  ];
+
+  load = writeShellApplication {
+    name = "user-api-load";
+    runtimeInputs = [ coreutils ];
+    text = ''
+      ${pickEngine}
+      # Each stream script writes an uncompressed image tarball to stdout: nothing is stored.
+      for stream in ${lib.escapeShellArgs streams}; do
+        echo "loading $(basename "$stream") into $engine" >&2
+        "$stream" | "$engine" load
+      done
+    '';
+  };
+
+  up = writeShellApplication {
+    name = "user-api-up";
+    runtimeInputs = [ coreutils ];
+    text = ''
+      ${lib.getExe load}
+      ${pickEngine}
+
+      # Secrets, created once with random values (never overwritten). The containers' non-root
+      # users (65534 for the API, 999 for MariaDB) read them through compose's bind mounts,
+      # which keep the host's owner and mode: so the files are 0644, and the directory that
+      # protects them on the host is 0700 (the runtime contract's rule).
+      mkdir -p secrets
+      chmod 0700 secrets
+      for name in db_password db_root_password; do
+        file="secrets/$name.txt"
+        if [ ! -s "$file" ]; then
+          secret="$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
+          printf '%s' "''${secret:0:32}" >"$file"
+          echo "created $file" >&2
+        fi
+        chmod 0644 "$file"
+      done
+
+      # The compose file of this flake, with ./ (secrets/, .env) meaning the current directory.
+      compose_file=${../docker-compose.yml}
+      case "$engine" in
+        docker)
+          if docker compose version >/dev/null 2>&1; then
+            compose=(docker compose)
+          elif command -v docker-compose >/dev/null 2>&1; then
+            compose=(docker-compose)
+          else
+            echo "docker compose (v2) is not installed" >&2
+            exit 1
+          fi
+          wait_flag=(--wait)
+          ;;
+        podman)
+          # podman compose hands over to docker-compose or podman-compose; only the former has
+          # --wait, so wait for the healthchecks with `podman ps` instead.
+          compose=(podman compose)
+          wait_flag=()
+          ;;
+        *)
+          compose=("$engine" compose)
+          wait_flag=(--wait)
+          ;;
+      esac
+      args=(-f "$compose_file" --project-directory "$PWD")
+      "''${compose[@]}" "''${args[@]}" up -d "''${wait_flag[@]}"
+
+      port="''${HTTP_PORT:-80}"
+      cat <<EOF
+
+      The stack is up (''${compose[*]} ''${args[*]} ps). Try:
+
+        curl -X POST "localhost:$port/create_user?userid=1&username=John"
+        curl "localhost:$port/get_user?userid=1"
+
+      Stop it with: ''${compose[*]} ''${args[*]} down
+      EOF
+    '';
+  };
+in
+{
+  inherit load up;
+  apps = {
+    load = {
+      type = "app";
+      program = lib.getExe load;
+      meta.description = "Stream the api, proxy and db images into docker load (or podman load)";
+    };
+    up = {
+      type = "app";
+      program = lib.getExe up;
+      meta.description = "Load the images, create ./secrets if missing, and docker compose up --wait";
+    };
+  };
+}

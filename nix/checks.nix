@@ -1,0 +1,64 @@
+# `nix flake check`: builds and tests the binary, lints, and proves that the nginx config, the
+# images and the apps are what docker-compose.yml and the runtime contract expect.
+{
+  runCommand,
+  writeText,
+  nginx,
+  python3,
+  shellcheck,
+  rust,
+  images,
+  apps,
+}:
+let
+  manifestFile = writeText "user-api-images.json" (builtins.toJSON images.manifest);
+in
+{
+  # The package with its tests (cargo test --release, MariaDB and nginx on loopback in the
+  # build sandbox), clippy with warnings as errors, and rustfmt.
+  user-api = rust.user-api-tests;
+  clippy = rust.user-api-clippy;
+  rustfmt = rust.user-api-rustfmt;
+
+  # `nginx -t` on the shipped nginx.conf, with the shipped upstream.conf next to it. nginx
+  # resolves upstream host names while it reads the config, and `api` exists only on the compose
+  # network, so the upstream's host becomes 127.0.0.1 here (the proxy tests do the same).
+  nginx-config = runCommand "user-api-nginx-config" { nativeBuildInputs = [ nginx ]; } ''
+    mkdir conf
+    cp ${../nginx/nginx.conf} conf/nginx.conf
+    sed -E 's/^([[:space:]]*server[[:space:]]+)api:/\1127.0.0.1:/' ${../nginx/upstream.conf} \
+      >conf/upstream.conf
+    grep -Eq '^[[:space:]]*server[[:space:]]+127\.0\.0\.1:' conf/upstream.conf
+    nginx -t -e stderr -c "$PWD/conf/nginx.conf"
+    touch "$out"
+  '';
+
+  # The images' user, entrypoint, ports, stop signal, healthcheck and tags against the contract
+  # and docker-compose.yml, and the files the contract names (/bin/user-api, /bin/wget,
+  # /bin/healthcheck.sh, /etc/nginx/nginx.conf, ...) against the images' real contents.
+  image-config =
+    runCommand "user-api-image-config"
+      {
+        nativeBuildInputs = [ (python3.withPackages (ps: [ ps.pyyaml ])) ];
+        # Read by nix/tests/check.sh (nix eval --json), which runs the same script without Nix.
+        passthru.manifest = images.manifest;
+      }
+      ''
+        python3 ${./tests/image_contract.py} \
+          --manifest ${manifestFile} --compose ${../docker-compose.yml} --check-files
+        touch "$out"
+      '';
+
+  # The db image runs these scripts verbatim; info-level notes are not failures.
+  db-scripts = runCommand "user-api-db-scripts-shellcheck" { nativeBuildInputs = [ shellcheck ]; } ''
+    shellcheck --severity=warning ${../db/entrypoint.sh} ${../db/healthcheck.sh}
+    touch "$out"
+  '';
+
+  # Building the stream scripts builds each image's final layer (fakeroot, /tmp, ownership).
+  inherit (images) api-image proxy-image db-image;
+
+  # writeShellApplication runs shellcheck on the app scripts when it builds them.
+  load-app = apps.load;
+  up-app = apps.up;
+}

@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# nix/tests/check.sh: what a machine without a Nix store or binary cache can prove about the
+# flake (see nix/README.md). Needs nix-instantiate and nix (Debian's nix-bin 2.8 is enough);
+# installs nothing. Uses python3 with PyYAML and shellcheck when present, and says when not.
+#
+#   1. every git-tracked .nix file parses (nix-instantiate --parse);
+#   2. flake.lock is a version 7 lock pinning only nixpkgs (github NixOS/nixpkgs, nixos-26.05);
+#   3. every output (packages, apps, checks on both Linux systems; dev shell and formatter on
+#      all four systems) evaluates to a derivation against the stand-in for nixpkgs in
+#      nix/tests/stand-in (`--override-input nixpkgs`), which rejects unknown arguments, missing
+#      attributes and missing files; then `nix flake check --no-build`;
+#   4. the images' config against the runtime contract and docker-compose.yml
+#      (nix/tests/image_contract.py, the script checks.<system>.image-config runs under Nix);
+#   5. bash -n and shellcheck on the app scripts, shellcheck on db/*.sh (what the Nix build of
+#      those runs);
+#   6. mutations: a misspelt argument, a missing file, a missing output and an unknown image
+#      config key, each applied to a scratch clone, must make step 3 fail.
+#
+# Evaluates the flake as Nix sees it: git-tracked files only (uncommitted edits to tracked files
+# included). Set NIX_CHECK_SKIP_MUTATIONS=1 to skip step 6.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(git -C "$here" rev-parse --show-toplevel)"
+stand_in="$here/stand-in"
+
+linux_systems=(x86_64-linux aarch64-linux)
+all_systems=(x86_64-linux aarch64-linux x86_64-darwin aarch64-darwin)
+packages=(user-api api-image proxy-image db-image default)
+apps=(load up)
+checks=(user-api clippy rustfmt nginx-config image-config db-scripts api-image proxy-image db-image load-app up-app)
+
+passed=0
+failed=0
+ok() {
+  passed=$((passed + 1))
+  echo "ok   $*"
+}
+bad() {
+  failed=$((failed + 1))
+  echo "FAIL $*" >&2
+}
+skip() { echo "skip $*"; }
+
+for tool in nix-instantiate nix git; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "check.sh: '$tool' is not on PATH. Install Nix first (on Debian: apt-get install -y nix-bin)." >&2
+    exit 2
+  fi
+done
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+# A private cache (fetcher and evaluation caches), and a private store when /nix is not ours.
+export XDG_CACHE_HOME="$tmp/cache"
+nix_opts=(--extra-experimental-features "nix-command flakes" --option eval-cache false)
+if [ -w /nix/store ] || { [ ! -e /nix/store ] && [ -w /nix ]; } || [ -w /nix/var/nix/daemon-socket/socket ]; then
+  :
+else
+  echo "note: /nix is not writable here; evaluating into a private store under $tmp"
+  nix_opts+=(--store "$tmp/store")
+fi
+nixc() { nix "${nix_opts[@]}" "$@"; }
+
+# ---- 1. parse ------------------------------------------------------------------------------------
+while IFS= read -r -d '' file; do
+  if nix-instantiate --parse "$repo/$file" >/dev/null 2>"$tmp/parse.err"; then
+    ok "parse $file"
+  else
+    bad "parse $file: $(cat "$tmp/parse.err")"
+  fi
+done < <(git -C "$repo" ls-files -z -- '*.nix')
+
+if [ -n "$(git -C "$repo" status --porcelain -- flake.nix flake.lock nix docker-compose.yml nginx db Cargo.toml Cargo.lock src migrations tests)" ]; then
+  echo "note: the work tree has uncommitted changes; the flake sees tracked files only (new files need git add)"
+fi
+
+# ---- 2. lock file -------------------------------------------------------------------------------
+# shellcheck disable=SC2016  # Nix code in single quotes, on purpose
+lock_check="$(nix-instantiate --eval --strict --expr '
+  let
+    lock = builtins.fromJSON (builtins.readFile '"$repo"'/flake.lock);
+    n = lock.nodes.nixpkgs or { };
+  in
+    if lock.version != 7 then "lock version is ${toString lock.version}, not 7"
+    else if lock.nodes.${lock.root}.inputs != { nixpkgs = "nixpkgs"; } then "the root has inputs other than nixpkgs"
+    else if builtins.attrNames lock.nodes != [ "nixpkgs" "root" ] then "nodes other than nixpkgs and root"
+    else if n.original != { type = "github"; owner = "NixOS"; repo = "nixpkgs"; ref = "nixos-26.05"; } then "nixpkgs is not github:NixOS/nixpkgs/nixos-26.05"
+    else if n.locked.type != "github" || n.locked.owner != "NixOS" || n.locked.repo != "nixpkgs" then "the locked nixpkgs is not on github NixOS/nixpkgs"
+    else if builtins.match "[0-9a-f]{40}" n.locked.rev == null then "the locked rev is not a commit hash"
+    else if builtins.match "sha256-[A-Za-z0-9+/]{43}=" n.locked.narHash == null then "the narHash is not a sha256 SRI hash"
+    else if !(builtins.isInt n.locked.lastModified) then "lastModified is not an integer"
+    else "ok ${n.locked.rev} ${n.locked.narHash}"
+' 2>&1)" || true
+case "$lock_check" in
+  '"ok '*)
+    lock_check="${lock_check#\"ok }"
+    ok "flake.lock: nixpkgs pinned to ${lock_check%\"}"
+    ;;
+  *) bad "flake.lock: $lock_check" ;;
+esac
+
+# ---- 3. structural evaluation ------------------------------------------------------------------
+# One `nix eval` per output kind: maps every attribute to its drvPath (or, for apps, the type
+# and program), which forces the whole derivation, i.e. every argument and every file.
+drv_map='outs: builtins.mapAttrs (system: set: builtins.mapAttrs (name: d: d.drvPath) set) outs'
+app_map='outs: builtins.mapAttrs (system: set: builtins.mapAttrs (name: a: { inherit (a) type program; }) set) outs'
+
+evaluate() { # flake-dir kind apply-fn -> JSON on stdout
+  nixc eval --json --override-input nixpkgs "path:$stand_in" "$1#$2" --apply "$3" 2>"$tmp/eval.err"
+}
+
+# present JSON system name: whether the evaluated output set has that attribute.
+present() {
+  nix-instantiate --eval --expr \
+    "builtins.hasAttr \"$3\" ((builtins.fromJSON (builtins.readFile $1)).\"$2\" or { })" \
+    2>/dev/null | grep -qx true
+}
+
+# expect JSON kind "systems..." "names...": one ok/FAIL line per expected output.
+expect() {
+  local system name
+  for system in $3; do
+    for name in $4; do
+      if present "$1" "$system" "$name"; then ok "$2.$system.$name"; else bad "$2.$system.$name is missing"; fi
+    done
+  done
+}
+
+# all_expected: every expected output is there (quiet).
+all_expected() {
+  local kind system name
+  for kind in packages checks apps devShells; do
+    local systems="${linux_systems[*]}" names
+    case "$kind" in
+      packages) names="${packages[*]}" ;;
+      checks) names="${checks[*]}" ;;
+      apps) names="${apps[*]}" ;;
+      devShells) names=default systems="${all_systems[*]}" ;;
+    esac
+    for system in $systems; do
+      for name in $names; do
+        present "$tmp/$kind.json" "$system" "$name" || return 1
+      done
+    done
+  done
+}
+
+structural() { # flake-dir -> 0 when every expected output evaluates
+  local dir="$1" status=0 kind
+  for kind in packages checks devShells; do
+    if evaluate "$dir" "$kind" "$drv_map" >"$tmp/$kind.json"; then :; else
+      echo "FAIL evaluating $kind:" >&2
+      tail -n 25 "$tmp/eval.err" >&2
+      status=1
+    fi
+  done
+  if evaluate "$dir" formatter 'outs: builtins.mapAttrs (system: f: f.drvPath) outs' >"$tmp/formatter.json"; then :; else
+    echo "FAIL evaluating formatter:" >&2
+    tail -n 25 "$tmp/eval.err" >&2
+    status=1
+  fi
+  if evaluate "$dir" apps "$app_map" >"$tmp/apps.json"; then :; else
+    echo "FAIL evaluating apps:" >&2
+    tail -n 25 "$tmp/eval.err" >&2
+    status=1
+  fi
+  return "$status"
+}
+
+if structural "$repo"; then
+  ok "every output evaluates against the stand-in"
+else
+  bad "structural evaluation"
+fi
+expect "$tmp/packages.json" packages "${linux_systems[*]}" "${packages[*]}"
+expect "$tmp/checks.json" checks "${linux_systems[*]}" "${checks[*]}"
+expect "$tmp/apps.json" apps "${linux_systems[*]}" "${apps[*]}"
+expect "$tmp/devShells.json" devShells "${all_systems[*]}" default
+if [ -s "$tmp/formatter.json" ]; then
+  for system in "${all_systems[@]}"; do
+    if grep -q "\"$system\"" "$tmp/formatter.json"; then ok "formatter.$system"; else bad "formatter.$system is missing"; fi
+  done
+fi
+if [ -s "$tmp/apps.json" ]; then
+  if nix-instantiate --eval --strict --expr "
+      builtins.all (set: builtins.all (a: a.type == \"app\" && builtins.match \"/nix/store/[^/]+/bin/.+\" a.program != null)
+        (builtins.attrValues set)) (builtins.attrValues (builtins.fromJSON (builtins.readFile $tmp/apps.json)))" \
+      | grep -qx true; then
+    ok "apps are { type = \"app\"; program = <store path>/bin/...; }"
+  else
+    bad "an app is not { type = \"app\"; program = \"/nix/store/.../bin/...\"; }"
+  fi
+fi
+
+if nixc flake check --no-build --override-input nixpkgs "path:$stand_in" "$repo" >"$tmp/flake-check.log" 2>&1; then
+  ok "nix flake check --no-build"
+else
+  bad "nix flake check --no-build: $(tail -n 15 "$tmp/flake-check.log")"
+fi
+
+# ---- 4. image config vs contract and compose ----------------------------------------------------
+if python3 -c 'import yaml' >/dev/null 2>&1; then
+  if evaluate "$repo" checks.x86_64-linux.image-config.manifest 'm: m' >"$tmp/manifest.json"; then
+    if python3 "$here/image_contract.py" --manifest "$tmp/manifest.json" --compose "$repo/docker-compose.yml"; then
+      ok "image config matches the contract and docker-compose.yml"
+    else
+      bad "image config vs contract / docker-compose.yml (above)"
+    fi
+  else
+    bad "evaluating the image manifest: $(tail -n 15 "$tmp/eval.err")"
+  fi
+else
+  skip "image config vs docker-compose.yml: needs python3 with PyYAML (apt-get install python3-yaml); checks.<system>.image-config runs it under Nix"
+fi
+
+# ---- 5. scripts -----------------------------------------------------------------------------------
+for app in load up; do
+  if nixc eval --raw --override-input nixpkgs "path:$stand_in" \
+    "$repo#checks.x86_64-linux.$app-app.standInScript" >"$tmp/$app.sh" 2>"$tmp/eval.err"; then
+    if bash -n "$tmp/$app.sh"; then ok "bash -n: $app app"; else bad "bash -n: $app app"; fi
+    if command -v shellcheck >/dev/null 2>&1; then
+      if shellcheck "$tmp/$app.sh"; then ok "shellcheck: $app app"; else bad "shellcheck: $app app (writeShellApplication would refuse it)"; fi
+    else
+      skip "shellcheck: $app app (shellcheck not installed; the Nix build runs it)"
+    fi
+  else
+    bad "evaluating the $app app's script"
+  fi
+done
+if command -v shellcheck >/dev/null 2>&1; then
+  if shellcheck --severity=warning "$repo/db/entrypoint.sh" "$repo/db/healthcheck.sh"; then
+    ok "shellcheck --severity=warning: db/entrypoint.sh db/healthcheck.sh"
+  else
+    bad "shellcheck: db scripts"
+  fi
+else
+  skip "shellcheck: db scripts (shellcheck not installed; checks.<system>.db-scripts runs it)"
+fi
+
+# ---- 6. mutations: the evaluation must catch these -----------------------------------------------
+mutate() { # description file sed-expression
+  local what="$1" file="$2" expr="$3"
+  git -C "$tmp/mutant" checkout -q -- .
+  sed -i -e "$expr" "$tmp/mutant/$file"
+  if git -C "$tmp/mutant" diff --quiet; then
+    bad "mutation '$what' did not apply (has $file changed?)"
+  elif structural "$tmp/mutant" >/dev/null 2>&1 && all_expected; then
+    bad "mutation '$what' was NOT caught"
+  else
+    ok "mutation caught: $what"
+  fi
+}
+
+if [ "${NIX_CHECK_SKIP_MUTATIONS:-}" = 1 ]; then
+  skip "mutations (NIX_CHECK_SKIP_MUTATIONS=1)"
+else
+  # A scratch copy of the tracked files, as the flake sees them.
+  mkdir "$tmp/mutant"
+  git -C "$repo" ls-files -z | (cd "$repo" && xargs -0 cp --parents -t "$tmp/mutant" 2>/dev/null) || true
+  git -C "$tmp/mutant" init -q
+  git -C "$tmp/mutant" add -A
+  git -C "$tmp/mutant" -c user.name=check -c user.email=check@localhost commit -qm scratch
+  mutate "misspelt streamLayeredImage argument" nix/images.nix 's/fakeRootCommands = /fakeRootCommand = /'
+  mutate "misspelt mkDerivation argument" nix/rust.nix 's/nativeCheckInputs = /nativeCheckInput = /'
+  mutate "misspelt image config key" nix/images.nix '0,/Entrypoint = /s/Entrypoint = /EntryPoint = /'
+  mutate "missing file" nix/images.nix 's|../nginx/upstream.conf|../nginx/upstreams.conf|'
+  mutate "missing output" nix/apps.nix 's/^    load = {/    loader = {/'
+  mutate "missing nixpkgs attribute" nix/default.nix 's/pkgs.mariadb_114/pkgs.mariadb_1140/'
+fi
+
+echo "check.sh: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Compare the images the flake builds with the runtime contract and with docker-compose.yml.
+
+Input: the image manifest (nix/images.nix `manifest`, as JSON: per service the image reference,
+the image config, the content trees and the files the contract needs in the image's root) and
+the compose file. Checks:
+
+  * each image's User, Entrypoint, exposed ports, healthcheck, stop signal and Env against the
+    contract (written out again below, on purpose: a second statement of it, not a copy of
+    nix/contract.nix);
+  * the compose file: image references (defaults of ${VAR:-...}), user/entrypoint/stop_signal
+    overrides, healthcheck commands (exec form, executable present in the image), published and
+    exposed ports, ROCKET_* overrides, and the secret files that `nix run .#up` creates;
+  * with --check-files (inside the Nix sandbox, where the contents are built): the files exist in
+    the contents, and /etc/passwd and /etc/group know the image's uid and gid.
+
+Used by checks.<system>.image-config (with --check-files) and by nix/tests/check.sh (without:
+the stand-in's contents are never built). Needs Python 3 and PyYAML. Exit 1 on any failure.
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import sys
+
+import yaml
+
+CONTRACT = {
+    "api": {
+        "image": "user-api",
+        "user": "65534:65534",
+        "entrypoint": ["/bin/user-api"],
+        "ports": ["8000/tcp"],
+        "healthcheck": ["CMD", "/bin/user-api", "healthcheck"],
+        "env": {"ROCKET_ADDRESS": "0.0.0.0", "ROCKET_PORT": "8000", "ROCKET_PROFILE": "release"},
+        "stop_signal": None,
+        "files": ["bin/user-api"],
+    },
+    "proxy": {
+        "image": "user-api-proxy",
+        "user": "65534:65534",
+        "entrypoint": ["/bin/nginx", "-e", "stderr", "-c", "/etc/nginx/nginx.conf"],
+        "ports": ["8080/tcp", "8081/tcp"],
+        "healthcheck": ["CMD", "/bin/wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8081/healthz"],
+        "env": {},
+        "stop_signal": "SIGQUIT",
+        "files": ["bin/nginx", "bin/wget", "etc/nginx/nginx.conf", "etc/nginx/upstream.conf"],
+    },
+    "db": {
+        "image": "user-api-db",
+        "user": "999:999",
+        "entrypoint": ["/bin/db-entrypoint"],
+        "ports": ["3306/tcp"],
+        "healthcheck": ["CMD", "healthcheck.sh", "--connect", "--innodb_initialized"],
+        "env": {},
+        "stop_signal": None,
+        "files": ["bin/db-entrypoint", "bin/healthcheck.sh"],
+    },
+}
+
+# The secrets `nix run .#up` creates (nix/apps.nix).
+UP_SECRETS = {"secrets/db_password.txt", "secrets/db_root_password.txt"}
+
+DOCKER_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class Report:
+    def __init__(self):
+        self.passed = 0
+        self.failures = []
+
+    def check(self, ok, what):
+        if ok:
+            self.passed += 1
+        else:
+            self.failures.append(what)
+            print(f"FAIL {what}", file=sys.stderr)
+        return ok
+
+
+def env_dict(entries):
+    out = {}
+    for entry in entries or []:
+        key, _, value = entry.partition("=")
+        out[key] = value
+    return out
+
+
+def compose_env(service):
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return env_dict(env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def default_of(value):
+    """The value compose uses when no variable is set: ${VAR:-default} -> default."""
+
+    def repl(m):
+        return m.group(3) if m.group(2) else ""
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-([^}]*))?\}", repl, str(value))
+
+
+def container_ports(service):
+    """Container-side ports of `ports:` and `expose:`, as "N/proto"."""
+    found = []
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            target, proto = str(entry["target"]), entry.get("protocol", "tcp")
+        else:
+            text = default_of(entry)
+            text, _, proto = text.partition("/")
+            target = text.rsplit(":", 1)[-1]
+            proto = proto or "tcp"
+        found.append(f"{target}/{proto}")
+    for entry in service.get("expose") or []:
+        text, _, proto = default_of(entry).partition("/")
+        found.append(f"{text}/{proto or 'tcp'}")
+    return found
+
+
+def in_image(name, image):
+    """Whether an executable named in an exec-form command is in the image's root."""
+    files = set(image["files"])
+    if name.startswith("/"):
+        return name.lstrip("/") in files
+    path = env_dict(image["config"].get("Env")).get("PATH", DOCKER_DEFAULT_PATH)
+    return any(f"{d.strip('/')}/{name}" in files for d in path.split(":") if d)
+
+
+def check_image(report, service, image):
+    want = CONTRACT[service]
+    config = image["config"]
+    ref = image["ref"]
+    report.check(ref.split(":", 1)[0] == want["image"], f"{service}: image name {ref} is not {want['image']}:<tag>")
+    report.check(config.get("User") == want["user"], f"{service}: User {config.get('User')!r} != {want['user']!r}")
+    report.check(
+        config.get("Entrypoint") == want["entrypoint"],
+        f"{service}: Entrypoint {config.get('Entrypoint')} != {want['entrypoint']}",
+    )
+    ports = sorted((config.get("ExposedPorts") or {}).keys())
+    report.check(ports == sorted(want["ports"]), f"{service}: ExposedPorts {ports} != {want['ports']}")
+    test = (config.get("Healthcheck") or {}).get("Test")
+    report.check(test == want["healthcheck"], f"{service}: Healthcheck.Test {test} != {want['healthcheck']}")
+    report.check(
+        config.get("StopSignal") == want["stop_signal"],
+        f"{service}: StopSignal {config.get('StopSignal')!r} != {want['stop_signal']!r}",
+    )
+    env = env_dict(config.get("Env"))
+    for key, value in want["env"].items():
+        report.check(env.get(key) == value, f"{service}: Env {key}={env.get(key)!r}, want {value!r}")
+    for needed in want["files"]:
+        report.check(needed in image["files"], f"{service}: the manifest does not promise /{needed}")
+    report.check(in_image(want["entrypoint"][0], image), f"{service}: entrypoint {want['entrypoint'][0]} not in the image")
+    report.check(in_image(want["healthcheck"][1], image), f"{service}: healthcheck {want['healthcheck'][1]} not in the image")
+    labels = config.get("Labels") or {}
+    for label in ("title", "version", "revision"):
+        report.check(
+            bool(labels.get(f"org.opencontainers.image.{label}")),
+            f"{service}: label org.opencontainers.image.{label} missing",
+        )
+
+
+def check_compose(report, compose, manifest):
+    services = compose.get("services") or {}
+    for service, image in manifest.items():
+        spec = services.get(service)
+        if not report.check(spec is not None, f"compose: no service {service!r}"):
+            continue
+        config = image["config"]
+        ref = default_of(spec.get("image", ""))
+        report.check(ref == image["ref"], f"compose {service}: image defaults to {ref!r}, the flake builds {image['ref']!r}")
+        if "user" in spec:
+            report.check(
+                str(spec["user"]) == config.get("User"),
+                f"compose {service}: user {spec['user']!r} != image User {config.get('User')!r}",
+            )
+        if "entrypoint" in spec:
+            entry = spec["entrypoint"]
+            entry = shlex.split(entry) if isinstance(entry, str) else entry
+            report.check(
+                entry == config.get("Entrypoint"),
+                f"compose {service}: entrypoint {entry} != image Entrypoint {config.get('Entrypoint')}",
+            )
+        if "stop_signal" in spec:
+            report.check(
+                spec["stop_signal"] == config.get("StopSignal", "SIGTERM"),
+                f"compose {service}: stop_signal {spec['stop_signal']} != image {config.get('StopSignal')}",
+            )
+        health = spec.get("healthcheck") or {}
+        if "test" in health and not health.get("disable"):
+            test = health["test"]
+            if isinstance(test, str):
+                test = ["CMD-SHELL", test]
+            report.check(
+                test == (config.get("Healthcheck") or {}).get("Test"),
+                f"compose {service}: healthcheck {test} differs from the image's",
+            )
+            if report.check(
+                test[:1] == ["CMD"] and len(test) > 1,
+                f"compose {service}: healthcheck must be exec form [\"CMD\", ...] (no shell in the image)",
+            ):
+                report.check(in_image(test[1], image), f"compose {service}: healthcheck runs {test[1]}, not in the image")
+        exposed = set((config.get("ExposedPorts") or {}).keys())
+        for port in container_ports(spec):
+            report.check(port in exposed, f"compose {service}: container port {port} is not exposed by the image {sorted(exposed)}")
+        env = compose_env(spec)
+        image_env = env_dict(config.get("Env"))
+        for key in ("ROCKET_ADDRESS", "ROCKET_PORT"):
+            if key in env and key in image_env:
+                report.check(env[key] == image_env[key], f"compose {service}: {key}={env[key]} overrides the image's {image_env[key]}")
+    for name, secret in (compose.get("secrets") or {}).items():
+        if isinstance(secret, dict) and "file" in secret:
+            path = os.path.normpath(default_of(secret["file"]))
+            report.check(path in UP_SECRETS, f"compose secret {name}: file {secret['file']} is not one that `nix run .#up` creates {sorted(UP_SECRETS)}")
+
+
+def find_file(image, rel):
+    for root in image["contents"]:
+        path = os.path.join(root, rel)
+        if os.path.lexists(path):
+            return path
+    return None
+
+
+def check_files(report, service, image):
+    for rel in image["files"]:
+        path = find_file(image, rel)
+        report.check(path is not None and os.path.exists(path), f"{service}: /{rel} is not in the image contents")
+        if path and rel.startswith("bin/"):
+            report.check(os.access(path, os.X_OK), f"{service}: /{rel} is not executable")
+    uid, _, gid = image["config"]["User"].partition(":")
+    passwd, group = find_file(image, "etc/passwd"), find_file(image, "etc/group")
+    if report.check(passwd is not None and group is not None, f"{service}: no /etc/passwd or /etc/group"):
+        with open(passwd) as f:
+            uids = {line.split(":")[2] for line in f if line.count(":") >= 6}
+        with open(group) as f:
+            gids = {line.split(":")[2] for line in f if line.count(":") >= 3}
+        report.check(uid in uids, f"{service}: uid {uid} has no /etc/passwd entry")
+        report.check(gid in gids, f"{service}: gid {gid} has no /etc/group entry")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--compose", required=True)
+    parser.add_argument("--check-files", action="store_true")
+    args = parser.parse_args()
+
+    with open(args.manifest) as f:
+        manifest = json.load(f)
+    with open(args.compose) as f:
+        compose = yaml.safe_load(f) or {}
+
+    report = Report()
+    report.check(sorted(manifest) == sorted(CONTRACT), f"manifest services {sorted(manifest)} != {sorted(CONTRACT)}")
+    for service in CONTRACT:
+        if service in manifest:
+            check_image(report, service, manifest[service])
+            if args.check_files:
+                check_files(report, service, manifest[service])
+    check_compose(report, compose, {s: manifest[s] for s in CONTRACT if s in manifest})
+
+    print(f"image-contract: {report.passed} passed, {len(report.failures)} failed")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
