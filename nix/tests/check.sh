@@ -107,8 +107,11 @@ esac
 drv_map='outs: builtins.mapAttrs (system: set: builtins.mapAttrs (name: d: d.drvPath) set) outs'
 app_map='outs: builtins.mapAttrs (system: set: builtins.mapAttrs (name: a: { inherit (a) type program; }) set) outs'
 
-evaluate() { # flake-dir kind apply-fn -> JSON on stdout
-  nixc eval --json --override-input nixpkgs "path:$stand_in" "$1#$2" --apply "$3" 2>"$tmp/eval.err"
+evaluate() { # flake-dir kind apply-fn -> JSON on stdout; errors in $tmp/eval.err (and all.err)
+  local status=0
+  nixc eval --json --override-input nixpkgs "path:$stand_in" "$1#$2" --apply "$3" 2>"$tmp/eval.err" || status=$?
+  cat "$tmp/eval.err" >>"$tmp/all.err"
+  return "$status"
 }
 
 # present JSON system name: whether the evaluated output set has that attribute.
@@ -149,6 +152,7 @@ all_expected() {
 
 structural() { # flake-dir -> 0 when every expected output evaluates
   local dir="$1" status=0 kind
+  : >"$tmp/all.err"
   for kind in packages checks devShells; do
     if evaluate "$dir" "$kind" "$drv_map" >"$tmp/$kind.json"; then :; else
       echo "FAIL evaluating $kind:" >&2
@@ -240,16 +244,27 @@ else
 fi
 
 # ---- 6. mutations: the evaluation must catch these -----------------------------------------------
-mutate() { # description file sed-expression
-  local what="$1" file="$2" expr="$3"
+# mutate description file sed-expression error-text: apply the edit to the scratch copy; the
+# evaluation must fail with an error that names error-text (or, with error-text "", an expected
+# output must be missing).
+mutate() {
+  local what="$1" file="$2" expr="$3" text="$4"
   git -C "$tmp/mutant" checkout -q -- .
   sed -i -e "$expr" "$tmp/mutant/$file"
   if git -C "$tmp/mutant" diff --quiet; then
     bad "mutation '$what' did not apply (has $file changed?)"
-  elif structural "$tmp/mutant" >/dev/null 2>&1 && all_expected; then
+  elif [ -z "$text" ]; then
+    if structural "$tmp/mutant" >/dev/null 2>&1 && all_expected; then
+      bad "mutation '$what' was NOT caught"
+    else
+      ok "mutation caught: $what"
+    fi
+  elif structural "$tmp/mutant" >/dev/null 2>&1; then
     bad "mutation '$what' was NOT caught"
-  else
+  elif grep -qF -- "$text" "$tmp/all.err"; then
     ok "mutation caught: $what"
+  else
+    bad "mutation '$what' failed, but not because of it: $(grep -m1 error: "$tmp/all.err")"
   fi
 }
 
@@ -262,12 +277,15 @@ else
   git -C "$tmp/mutant" init -q
   git -C "$tmp/mutant" add -A
   git -C "$tmp/mutant" -c user.name=check -c user.email=check@localhost commit -qm scratch
-  mutate "misspelt streamLayeredImage argument" nix/images.nix 's/fakeRootCommands = /fakeRootCommand = /'
-  mutate "misspelt mkDerivation argument" nix/rust.nix 's/nativeCheckInputs = /nativeCheckInput = /'
-  mutate "misspelt image config key" nix/images.nix '0,/Entrypoint = /s/Entrypoint = /EntryPoint = /'
-  mutate "missing file" nix/images.nix 's|../nginx/upstream.conf|../nginx/upstreams.conf|'
-  mutate "missing output" nix/apps.nix 's/^    load = {/    loader = {/'
-  mutate "missing nixpkgs attribute" nix/default.nix 's/pkgs.mariadb_114/pkgs.mariadb_1140/'
+  mutate "misspelt streamLayeredImage argument" nix/images.nix \
+    's/fakeRootCommands = /fakeRootCommand = /' "'fakeRootCommand'"
+  mutate "misspelt buildRustPackage/mkDerivation argument" nix/rust.nix \
+    's/nativeCheckInputs = /nativeCheckInput = /' nativeCheckInput
+  mutate "misspelt image config key" nix/images.nix \
+    '0,/Entrypoint = /s/Entrypoint = /EntryPoint = /' EntryPoint
+  mutate "missing file" nix/images.nix 's|../nginx/upstream.conf|../nginx/upstreams.conf|' upstreams.conf
+  mutate "missing nixpkgs attribute" nix/default.nix 's/pkgs.mariadb_114/pkgs.mariadb_1140/' mariadb_1140
+  mutate "missing output" nix/apps.nix 's/^    load = {/    loader = {/' ""
 fi
 
 echo "check.sh: $passed passed, $failed failed"

@@ -8,7 +8,8 @@
 #   lib/meta.nix        getExe
 #   lib/licenses.nix, lib/systems/doubles.nix  licenses.mit, platforms.{linux,darwin,all}
 #   lib/fileset/default.nix (NixOS/nixpkgs fa7835846a2482727e082c4181d05ba561b21ab5 and the
-#   nixpkgs manual's lib.fileset chapter)  toSource { root, fileset }, union, unions, maybeMissing
+#   nixpkgs manual's lib.fileset chapter)  toSource { root, fileset }, union, unions,
+#                       difference, maybeMissing
 # What it checks like nixpkgs does: toSource's root is a directory path, every file set element
 # is an existing path under it (maybeMissing excepted), and getExe needs meta.mainProgram.
 let
@@ -58,13 +59,15 @@ let
   ];
 
   # ---- lib.fileset ----------------------------------------------------------------------------
-  # A file set is { _type = "fileset"; paths = [ <path> ... ]; }: each element a file or a
-  # directory (all of it).
+  # A file set is { _type = "fileset"; parts = [ { root; excludes; } ... ]; }: each part is a file
+  # or a directory (all of it) minus the paths in `excludes` (from `difference`). Paths are kept
+  # as strings of the flake's store copy, which is what builtins.path's filter is given.
   isFileset = x: isAttrs x && (x._type or null) == "fileset";
-  mkFileset = paths: {
+  mkFileset = parts: {
     _type = "fileset";
-    inherit paths;
+    inherit parts;
   };
+  within = dir: p: p == dir || hasPrefix (dir + "/") p;
   coerce =
     context: x:
     if isFileset x then
@@ -72,7 +75,12 @@ let
     else if isPath x then
       (
         if pathExists x then
-          mkFileset [ x ]
+          mkFileset [
+            {
+              root = toString x;
+              excludes = [ ];
+            }
+          ]
         else
           throw "lib.fileset: ${context} (${toString x}) is a path that does not exist. To create a file set from a path that may not exist, use `lib.fileset.maybeMissing`."
       )
@@ -84,21 +92,35 @@ let
     if !isList filesets then
       throw "lib.fileset.unions: Expected argument to be a list, but got a ${typeOf filesets}."
     else
-      mkFileset (
-        builtins.concatMap (x: (coerce "lib.fileset.unions: element" x).paths) filesets
-      );
+      mkFileset (builtins.concatMap (x: (coerce "lib.fileset.unions: element" x).parts) filesets);
+
+  difference =
+    positive: negative:
+    let
+      pos = coerce "lib.fileset.difference: first argument" positive;
+      neg = map (part: part.root) (coerce "lib.fileset.difference: second argument" negative).parts;
+    in
+    mkFileset (
+      map (part: part // { excludes = part.excludes ++ neg; }) (
+        filter (part: !(builtins.any (n: within n part.root) neg)) pos.parts
+      )
+    );
 
   toSource =
     { root, fileset }:
     let
       set = coerce "lib.fileset.toSource: `fileset`" fileset;
       rootStr = toString root;
-      under = p: toString p == rootStr || hasPrefix (rootStr + "/") (toString p);
-      outside = filter (p: !under p) set.paths;
-      wanted = map toString set.paths;
+      outside = filter (part: !(within rootStr part.root)) set.parts;
+      # Keep a path that a part contains (and does not exclude), and every directory above a
+      # part's root, so that the copy reaches it.
       keep =
         path: _type:
-        builtins.any (w: path == w || hasPrefix (w + "/") path || hasPrefix (path + "/") w) wanted;
+        builtins.any (
+          part:
+          (within part.root path && !(builtins.any (e: within e path) part.excludes))
+          || hasPrefix (path + "/") part.root
+        ) set.parts;
     in
     if !isPath root then
       throw "lib.fileset.toSource: `root` is of type ${typeOf root}, but it should be a path instead."
@@ -108,7 +130,7 @@ let
     else if (builtins.readFileType or (_: "directory")) root != "directory" then
       throw "lib.fileset.toSource: `root` (${rootStr}) is a file, but it should be a directory instead."
     else if outside != [ ] then
-      throw "lib.fileset.toSource: `fileset` could contain files in ${toString (builtins.head outside)}, which is not under the `root` (${rootStr})."
+      throw "lib.fileset.toSource: `fileset` could contain files in ${(builtins.head outside).root}, which is not under the `root` (${rootStr})."
     else
       builtins.path {
         path = root;
@@ -157,7 +179,7 @@ in
   };
 
   fileset = {
-    inherit toSource unions;
+    inherit toSource unions difference;
     union = a: b: unions [
       a
       b
@@ -167,7 +189,7 @@ in
       if !isPath path then
         throw "lib.fileset.maybeMissing: Argument is of type ${typeOf path}, but it should be a path instead."
       else if pathExists path then
-        mkFileset [ path ]
+        coerce "lib.fileset.maybeMissing: argument" path
       else
         mkFileset [ ];
   };
