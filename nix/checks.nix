@@ -29,7 +29,12 @@ in
     sed -E 's/^([[:space:]]*server[[:space:]]+)api:/\1127.0.0.1:/' ${../nginx/upstream.conf} \
       >conf/upstream.conf
     grep -Eq '^[[:space:]]*server[[:space:]]+127\.0\.0\.1:' conf/upstream.conf
-    nginx -t -e stderr -c "$PWD/conf/nginx.conf"
+    # nginx -t opens the access log, /dev/stdout: send stdout to a file the build user owns.
+    if ! nginx -t -e stderr -c "$PWD/conf/nginx.conf" >nginx-t.log 2>&1; then
+      cat nginx-t.log >&2
+      exit 1
+    fi
+    cat nginx-t.log
     touch "$out"
   '';
 
