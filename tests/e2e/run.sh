@@ -227,8 +227,9 @@ pick_edge_subnet() {
   used="$(ip -4 route show 2>/dev/null | awk '{print $1}'; E network ls -q 2>/dev/null | xargs -r "$ENGINE" network inspect 2>/dev/null | grep -oE '10\.213\.[0-9]+\.0/24' || true)"
   for n in 57 $(seq 58 120); do
     if ! grep -qx "10\.213\.$n\.0/24" <<<"$used"; then
-      export EDGE_SUBNET="10.213.$n.0/24" API_ADDR="10.213.$n.10"
-      export API_MAC="$(printf '02:42:0a:d5:%02x:0a' "$n")"
+      EDGE_SUBNET="10.213.$n.0/24" API_ADDR="10.213.$n.10"
+      API_MAC="$(printf '02:42:0a:d5:%02x:0a' "$n")"
+      export EDGE_SUBNET API_ADDR API_MAC
       return 0
     fi
   done
@@ -305,7 +306,7 @@ s_images() {
     done
     return 0
   fi
-  # shellcheck source=lib/images.sh
+  # shellcheck source=tests/e2e/lib/images.sh
   source "$HERE/lib/images.sh"
   build_api_image "$API_BIN" "$API_IMAGE"
   build_proxy_image "$REPO/nginx" "$PROXY_IMAGE"
@@ -447,8 +448,10 @@ s_ports_and_isolation() {
 
   # networks: proxy on edge only; db on backend only; backend internal
   local nets
+  # shellcheck disable=SC2016
   nets="$(E inspect --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$(cid proxy)")"
   [[ "$nets" == "${PROJECT}_edge " ]] || fail "proxy networks: $nets"
+  # shellcheck disable=SC2016
   nets="$(E inspect --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$(cid db)")"
   [[ "$nets" == "${PROJECT}_backend " ]] || fail "db networks: $nets"
   [[ "$(E network inspect --format '{{.Internal}}' "${PROJECT}_backend" 2>/dev/null || E network inspect "${PROJECT}_backend" | jq -r '.[0].internal // .[0].Internal')" == true ]] \
@@ -559,7 +562,7 @@ s_load_and_measure() {
   if grep -qE "\\b429\\b" <<<"$paced"; then note "(some paced requests were rate limited)"; fi
   grep -qE '\b(200|201)\b' <<<"$codes" || fail "no successful request in the burst"
   # peaks: sampled usage and pids; cgroup peak where readable
-  local s line mem pids peak cgp limit
+  local s mem pids peak cgp limit
   for s in db api proxy; do
     peak=0; pids=0
     while IFS='|' read -r _ mem p; do

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/e2e/lib/images.sh: build the three stand-in images from this machine's files.
 # Sourced by tests/e2e/run.sh (and tests/e2e/build-images.sh). Needs: bash, coreutils, tar, ldd,
 # the engine CLI in $ENGINE (podman or docker), and Debian's nginx, busybox-static and
