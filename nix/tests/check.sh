@@ -50,22 +50,25 @@ for tool in nix-instantiate nix git; do
 done
 
 tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
+# (a private store's files are read-only: make them writable to delete them)
+trap 'chmod -R u+w "$tmp" 2>/dev/null; rm -rf "$tmp"' EXIT
 
 # A private cache (fetcher and evaluation caches), and a private store when /nix is not ours.
 export XDG_CACHE_HOME="$tmp/cache"
-nix_opts=(--extra-experimental-features "nix-command flakes" --option eval-cache false)
+store_opts=()
 if [ -w /nix/store ] || { [ ! -e /nix/store ] && [ -w /nix ]; } || [ -w /nix/var/nix/daemon-socket/socket ]; then
   :
 else
   echo "note: /nix is not writable here; evaluating into a private store under $tmp"
-  nix_opts+=(--store "$tmp/store")
+  store_opts=(--store "$tmp/store")
 fi
+nix_opts=(--extra-experimental-features "nix-command flakes" --option eval-cache false "${store_opts[@]}")
 nixc() { nix "${nix_opts[@]}" "$@"; }
+inst() { nix-instantiate "${store_opts[@]}" "$@"; }
 
 # ---- 1. parse ------------------------------------------------------------------------------------
 while IFS= read -r -d '' file; do
-  if nix-instantiate --parse "$repo/$file" >/dev/null 2>"$tmp/parse.err"; then
+  if inst --parse "$repo/$file" >/dev/null 2>"$tmp/parse.err"; then
     ok "parse $file"
   else
     bad "parse $file: $(cat "$tmp/parse.err")"
@@ -78,7 +81,7 @@ fi
 
 # ---- 2. lock file -------------------------------------------------------------------------------
 # shellcheck disable=SC2016  # Nix code in single quotes, on purpose
-lock_check="$(nix-instantiate --eval --strict --expr '
+lock_check="$(inst --eval --strict --expr '
   let
     lock = builtins.fromJSON (builtins.readFile '"$repo"'/flake.lock);
     n = lock.nodes.nixpkgs or { };
@@ -116,7 +119,7 @@ evaluate() { # flake-dir kind apply-fn -> JSON on stdout; errors in $tmp/eval.er
 
 # present JSON system name: whether the evaluated output set has that attribute.
 present() {
-  nix-instantiate --eval --expr \
+  inst --eval --expr \
     "builtins.hasAttr \"$3\" ((builtins.fromJSON (builtins.readFile $1)).\"$2\" or { })" \
     2>/dev/null | grep -qx true
 }
@@ -188,7 +191,7 @@ if [ -s "$tmp/formatter.json" ]; then
   done
 fi
 if [ -s "$tmp/apps.json" ]; then
-  if nix-instantiate --eval --strict --expr "
+  if inst --eval --strict --expr "
       builtins.all (set: builtins.all (a: a.type == \"app\" && builtins.match \"/nix/store/[^/]+/bin/.+\" a.program != null)
         (builtins.attrValues set)) (builtins.attrValues (builtins.fromJSON (builtins.readFile $tmp/apps.json)))" \
       | grep -qx true; then
