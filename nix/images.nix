@@ -1,6 +1,6 @@
 # The three OCI images, as dockerTools.streamLayeredImage scripts: building one gives a small
-# script that writes an uncompressed image tarball to stdout (`$(nix build --print-out-paths
-# .#api-image) | docker load`, or podman load). Nothing big lands in the Nix store.
+# script that writes an uncompressed image tarball to stdout (`nix build .#api-image &&
+# ./result | docker load`, or podman load). Nothing big lands in the Nix store.
 {
   lib,
   dockerTools,
@@ -57,7 +57,7 @@ let
 
   # ---- api --------------------------------------------------------------------------------------
   # Only the binary's closure (glibc, libgcc) and fakeNss (/etc/passwd and /etc/group with root
-  # and nobody, so uid 65534 has a name). No shell: user-api.nix forbids one in the closure.
+  # and nobody, so uid 65534 has a name). No shell: rust.nix forbids one in the closure.
   apiContents = [
     user-api
     dockerTools.fakeNss
@@ -180,9 +180,10 @@ let
     tag = contract.db.tag;
     inherit created;
     contents = dbContents;
-    # Owned by mysql in the image, so a fresh named volume mounted on /var/lib/mysql (and a
-    # tmpfs on /run/mysqld) inherits the owner. fakeroot makes chown possible without root; the
-    # paths are relative to the final layer's root. /tmp: nothing in the contents provides it.
+    # Owned by mysql in the image, so that a fresh named volume mounted on /var/lib/mysql
+    # inherits the owner, and so that the image also runs without compose's tmpfs on
+    # /run/mysqld. fakeroot makes chown possible without root; the paths are relative to the
+    # final layer's root. /tmp: nothing in the contents provides it.
     fakeRootCommands = ''
       mkdir -p .${contract.db.dataDir} .${contract.db.runDir} tmp
       chown ${toString contract.db.uid}:${toString contract.db.gid} .${contract.db.dataDir} .${contract.db.runDir}
