@@ -160,11 +160,8 @@ fn install(dir: &Path) {
     let output = Command::new(program("mariadb-install-db"))
         .arg("--no-defaults")
         .arg(format!("--datadir={}", dir.join("data").display()))
-        .args([
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-            "--user=root",
-        ])
+        .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+        .args(run_as_root_flag())
         .output()
         .expect("mariadb-install-db runs");
     assert!(
@@ -182,14 +179,26 @@ fn server_args(dir: &Path, port: u16) -> Vec<String> {
         format!("--pid-file={}", dir.join("mysqld.pid").display()),
         format!("--port={port}"),
         "--bind-address=127.0.0.1".into(),
-        // Ignored with a warning when not root; needed when CI runs as root.
-        "--user=root".into(),
         "--skip-log-bin".into(),
         "--innodb-buffer-pool-size=64M".into(),
         // Tests need crash-consistency of nothing: skip the fsync per commit.
         "--innodb-flush-log-at-trx-commit=2".into(),
         "--max-connections=500".into(),
     ]
+    .into_iter()
+    .chain(run_as_root_flag())
+    .collect()
+}
+
+/// mariadbd refuses to run as root unless told to (CI runs as root); as any
+/// other user the flag would make mariadb-install-db try to chown and fail.
+fn run_as_root_flag() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective_uid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1));
+    (effective_uid == Some("0")).then(|| "--user=root".to_owned())
 }
 
 pub fn free_port() -> u16 {
