@@ -302,7 +302,7 @@ s_images() {
     local i
     for i in "$API_IMAGE" "$PROXY_IMAGE" "$DB_IMAGE"; do
       E image inspect "$i" >/dev/null 2>&1 || fail "image $i is missing: build it with nix first (nix run .#load)"
-      note "using $i"
+      note "using $i (E2E_SKIP_BUILD=1)"
     done
     return 0
   fi
@@ -527,7 +527,7 @@ s_load_and_measure() {
   # sample stats while the load runs
   (
     while :; do
-      E stats --no-stream --format '{{.Name}}|{{.MemUsage}}|{{.PIDs}}' 2>/dev/null | grep -F "$PROJECT" || true
+      E stats --no-stream --format '{{.ID}}|{{.MemUsage}}|{{.PIDs}}' 2>/dev/null || true
       sleep 0.5
     done
   ) >"$WORKDIR/stats.txt" &
@@ -569,7 +569,7 @@ s_load_and_measure() {
       mem="$(to_mib "${mem%% /*}")"
       peak="$(awk -v a="$peak" -v b="$mem" 'BEGIN { print (b > a ? b : a) }')"
       if ((p > pids)); then pids=$p; fi
-    done < <(awk -F'|' -v n="${PROJECT}-${s}-1" '$1 == n' "$WORKDIR/stats.txt")
+    done < <(awk -F'|' -v id="$(cid "$s" | cut -c1-12)" 'substr($1, 1, 12) == id' "$WORKDIR/stats.txt")
     cgp="$(cg_mem_peak "$(cid "$s")")"
     if [[ -n "$cgp" ]]; then cgp="$(awk -v b="$cgp" 'BEGIN { printf "%.1f", b / 1048576 }')"; fi
     limit="$(api_inspect "$(cid "$s")" | jq '(if type == "array" then .[0] else . end) | .HostConfig.Memory / 1048576')"
