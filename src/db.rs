@@ -125,24 +125,36 @@ async fn wait_for_server(
 }
 
 impl UserPool {
-    /// Bounds every query: a stalled server yields 503, never a hung request.
+    /// A pooled connection within the acquire timeout: when this fails,
+    /// nothing was sent, so the client may simply retry.
+    async fn connection(&self) -> Result<PoolConnection<MySql>, ApiError> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    /// Bounds a statement once sent: a server that stalls mid-query yields a
+    /// 503 too, never a hung request. Then, as when the connection drops
+    /// under it, the outcome is unknown (a write may still land), and the
+    /// error says so.
     async fn bounded<T>(
         &self,
-        query: impl Future<Output = Result<T, sqlx::Error>>,
-    ) -> Result<T, sqlx::Error> {
-        tokio::time::timeout(self.query_timeout, query)
-            .await
-            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut))
+        statement: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<Result<T, sqlx::Error>, ApiError> {
+        match tokio::time::timeout(self.query_timeout, statement).await {
+            Err(_) => Err(ApiError::database_interrupted()),
+            Ok(Err(e)) if ApiError::is_interruption(&e) => Err(ApiError::database_interrupted()),
+            Ok(result) => Ok(result),
+        }
     }
 
     /// Relies on the primary key, not on a read first: of many concurrent
     /// creates of one id exactly one succeeds.
     pub async fn create(&self, user: &User) -> Result<(), ApiError> {
+        let mut connection = self.connection().await?;
         let insert = sqlx::query("INSERT INTO users (userid, username) VALUES (?, ?)")
             .bind(user.userid.get())
             .bind(user.username.as_str())
-            .execute(&self.pool);
-        match self.bounded(insert).await {
+            .execute(&mut *connection);
+        match self.bounded(insert).await? {
             Ok(_) => Ok(()),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 Err(ApiError::user_exists())
@@ -152,31 +164,34 @@ impl UserPool {
     }
 
     pub async fn find(&self, userid: UserId) -> Result<Option<User>, ApiError> {
+        let mut connection = self.connection().await?;
         let select = sqlx::query_as::<_, (u32, String)>(
             "SELECT userid, username FROM users WHERE userid = ?",
         )
         .bind(userid.get())
-        .fetch_optional(&self.pool);
-        Ok(self.bounded(select).await?.map(user_from_row))
+        .fetch_optional(&mut *connection);
+        Ok(self.bounded(select).await??.map(user_from_row))
     }
 
     /// `false` when no such user exists.
     pub async fn rename(&self, userid: UserId, username: &UserName) -> Result<bool, ApiError> {
+        let mut connection = self.connection().await?;
         // The connection sets CLIENT_FOUND_ROWS: an unchanged name still
         // counts as a matched row.
         let update = sqlx::query("UPDATE users SET username = ? WHERE userid = ?")
             .bind(username.as_str())
             .bind(userid.get())
-            .execute(&self.pool);
-        Ok(self.bounded(update).await?.rows_affected() > 0)
+            .execute(&mut *connection);
+        Ok(self.bounded(update).await??.rows_affected() > 0)
     }
 
     /// `false` when no such user exists.
     pub async fn delete(&self, userid: UserId) -> Result<bool, ApiError> {
+        let mut connection = self.connection().await?;
         let delete = sqlx::query("DELETE FROM users WHERE userid = ?")
             .bind(userid.get())
-            .execute(&self.pool);
-        Ok(self.bounded(delete).await?.rows_affected() > 0)
+            .execute(&mut *connection);
+        Ok(self.bounded(delete).await??.rows_affected() > 0)
     }
 
     /// One page in userid order after `after`, and the cursor of the next
@@ -186,15 +201,16 @@ impl UserPool {
         after: Option<UserId>,
         size: PageSize,
     ) -> Result<(Vec<User>, Option<UserId>), ApiError> {
+        let mut connection = self.connection().await?;
         let select = sqlx::query_as::<_, (u32, String)>(
             "SELECT userid, username FROM users WHERE userid > ? ORDER BY userid LIMIT ?",
         )
         .bind(after.map_or(0, UserId::get))
         .bind(u32::from(size.get()) + 1)
-        .fetch_all(&self.pool);
+        .fetch_all(&mut *connection);
         let mut users: Vec<User> = self
             .bounded(select)
-            .await?
+            .await??
             .into_iter()
             .map(user_from_row)
             .collect();

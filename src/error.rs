@@ -77,6 +77,30 @@ impl ApiError {
         )
     }
 
+    /// A statement was sent, then the database stopped answering (timeout
+    /// or lost connection): unlike [`Self::database_unavailable`], a write
+    /// may still have been applied.
+    pub fn database_interrupted() -> Self {
+        Self::new(
+            Status::ServiceUnavailable,
+            "database_interrupted",
+            "the database stopped answering during the request; a write may still have been \
+             applied, so read before retrying it",
+        )
+    }
+
+    /// The connection failed under a statement already sent.
+    pub fn is_interruption(error: &sqlx::Error) -> bool {
+        use sqlx::Error as E;
+        match error {
+            E::Io(_) | E::Tls(_) | E::Protocol(_) | E::WorkerCrashed => true,
+            E::Database(db) => db
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|e| matches!(e.number(), 1053 | 1927 | 2006 | 2013)),
+            _ => false,
+        }
+    }
+
     pub fn internal() -> Self {
         Self::new(
             Status::InternalServerError,
