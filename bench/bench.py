@@ -1,0 +1,665 @@
+#!/usr/bin/env python3
+"""Benchmark of the process stack: throwaway MariaDB, release user-api, nginx
+with the project's nginx.conf, driven by wrk on loopback. Standard library
+only. Run it through bench/run.sh (which builds the binary); see README.md.
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+TICK = os.sysconf("SC_CLK_TCK")
+SEEDED = 10_000
+# Each run's creates use ids from BASE_STEP * run_number + SEEDED + 1 up:
+# far above the seeded ones and never shared between runs.
+BASE_STEP = 10_000_000
+
+# ----------------------------------------------------------------- processes
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent():
+    # PR_SET_PDEATHSIG: the child gets SIGTERM when this script dies, even by
+    # SIGKILL, so no server outlives the benchmark.
+    _libc.prctl(1, signal.SIGTERM)
+
+
+STARTED = []  # Popen objects, stopped in reverse order at exit
+
+
+def start(argv, log, env=None, cwd=None):
+    out = open(log, "ab")
+    p = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=cwd,
+        preexec_fn=_die_with_parent,
+    )
+    out.close()
+    STARTED.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, within=20):
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(within)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if p in STARTED:
+        STARTED.remove(p)
+
+
+def stop_all():
+    for p in reversed(list(STARTED)):
+        stop(p)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what, within=60):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited early (code {proc.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} does not listen on {port} after {within} s")
+
+
+def wait_http(url, proc, what, within=60):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited early (code {proc.returncode})")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    sys.exit(f"{what}: {url} not 200 after {within} s")
+
+
+def program(name):
+    found = shutil.which(name) or shutil.which(
+        name, path="/usr/sbin:/usr/local/sbin:/sbin"
+    )
+    if not found:
+        sys.exit(f"{name} not found (apt-get install wrk mariadb-server nginx)")
+    return found
+
+
+# --------------------------------------------------------------- /proc reads
+
+
+def cpu_seconds(pid):
+    """utime + stime of a live process (all its threads), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the ")": state is field 3, utime 14, stime 15 (1-based).
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children(pid):
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def status_kib(pid, key):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss(pid):
+    # "5" resets VmHWM to the current RSS (Linux >= 4.0); needs the same uid.
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def machine_jiffies():
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields[:8]), idle
+
+
+# ------------------------------------------------------------------- MariaDB
+
+
+class MariaDB:
+    # Sized for a 2-core / few-GiB box that also runs the API, nginx and wrk.
+    ARGS = [
+        "--skip-log-bin",  # no replica here: no binlog write per commit
+        "--innodb-buffer-pool-size=256M",  # 10k seeded + ~1M created rows fit
+        "--innodb-log-file-size=256M",  # fewer checkpoints under the create runs
+        "--performance-schema=OFF",  # its per-statement accounting costs CPU
+        "--skip-name-resolve",
+        "--max-connections=500",
+    ]
+
+    def __init__(self, root, durable):
+        self.dir = root / "mariadb"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.durable = durable
+        self.client = program("mariadb")
+        out = subprocess.run(
+            [
+                program("mariadb-install-db"),
+                "--no-defaults",
+                f"--datadir={self.dir / 'data'}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                f"--user={pwd.getpwuid(os.geteuid()).pw_name}",
+            ],
+            capture_output=True,
+        )
+        if out.returncode != 0:
+            sys.exit("mariadb-install-db failed:\n" + out.stderr.decode())
+        flush = "1" if durable else "2"
+        self.args = self.ARGS + [f"--innodb-flush-log-at-trx-commit={flush}"]
+        argv = [
+            program("mariadbd"),
+            "--no-defaults",
+            f"--datadir={self.dir / 'data'}",
+            f"--socket={self.dir / 'mysqld.sock'}",
+            f"--pid-file={self.dir / 'mysqld.pid'}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+        ]
+        if os.geteuid() == 0:
+            argv.append("--user=root")
+        self.proc = start(argv + self.args, self.dir / "server.log")
+        wait_port(self.port, self.proc, "mariadbd")
+        self.sql("CREATE DATABASE bench")
+
+    def sql(self, statement, db=None):
+        argv = [self.client, "-h127.0.0.1", f"-P{self.port}", "-uroot", "-N", "-B"]
+        if db:
+            argv.append(db)
+        out = subprocess.run(argv, input=statement.encode(), capture_output=True)
+        if out.returncode != 0:
+            sys.exit(f"mariadb client failed: {out.stderr.decode()}")
+        return out.stdout.decode()
+
+    def url(self):
+        return f"mysql://root@127.0.0.1:{self.port}/bench"
+
+    def reseed(self):
+        rows = ",".join(f"({i},'user{i}')" for i in range(1, SEEDED + 1))
+        self.sql(
+            f"TRUNCATE TABLE users; INSERT INTO users (userid, username) VALUES {rows};",
+            "bench",
+        )
+        count = int(self.sql("SELECT COUNT(*) FROM users", "bench"))
+        assert count == SEEDED, count
+
+    def stored(self, lo, hi):
+        out = self.sql(
+            f"SELECT userid, username FROM users WHERE userid BETWEEN {lo} AND {hi}",
+            "bench",
+        )
+        return dict(line.split("\t", 1) for line in out.splitlines() if line)
+
+
+# ------------------------------------------------------------------- the API
+
+
+class Api:
+    def __init__(self, root, binary, db_url, env_overrides, name):
+        self.port = free_port()
+        self.log = root / f"api-{name}.log"
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("ROCKET_", "DATABASE_"))
+        }
+        env.update(
+            ROCKET_ADDRESS="127.0.0.1",
+            ROCKET_PORT=str(self.port),
+            DATABASE_URL=db_url,
+        )
+        env.update(env_overrides)
+        # cwd = the repo: the shipped Rocket.toml applies, as in a local run.
+        self.proc = start([str(binary)], self.log, env=env, cwd=REPO)
+        wait_http(f"http://127.0.0.1:{self.port}/readyz", self.proc, "user-api")
+
+    def stop(self):
+        stop(self.proc)
+
+
+# --------------------------------------------------------------------- nginx
+
+
+class Nginx:
+    """The project's nginx.conf, unchanged but for the lines a second instance
+    must change: the two listen ports, the pid file and the temp paths (all
+    in a temp dir). upstream.conf points at the API; rate_limit_exempt.conf
+    exempts 127.0.0.1 from the per-address limits (nginx/README.md)."""
+
+    def __init__(self, root, api_port, workers, name):
+        self.dir = root / f"nginx-{name}"
+        self.dir.mkdir()
+        self.port, self.status_port = free_port(), free_port()
+        conf = (REPO / "nginx" / "nginx.conf").read_text()
+        edits = [
+            (r"(?m)^(\s*listen\s+)8080(\s)", rf"\g<1>{self.port}\2"),
+            (r"(?m)^(\s*listen\s+)8081(\s*;)", rf"\g<1>{self.status_port}\2"),
+            (r"(?m)^pid\s+/tmp/nginx\.pid;", f"pid {self.dir}/nginx.pid;"),
+            (r"/tmp/nginx-", f"{self.dir}/nginx-"),
+        ]
+        if workers is not None:
+            edits.append(
+                (r"(?m)^worker_processes\s+auto;", f"worker_processes {workers};")
+            )
+        for pattern, replacement in edits:
+            conf, n = re.subn(pattern, replacement, conf)
+            if n == 0:
+                sys.exit(f"nginx.conf changed: no match for {pattern!r}")
+        (self.dir / "nginx.conf").write_text(conf)
+        (self.dir / "upstream.conf").write_text(f"server 127.0.0.1:{api_port};\n")
+        (self.dir / "rate_limit_exempt.conf").write_text('127.0.0.1 "";\n')
+        nginx = program("nginx")
+        argv = [nginx, "-e", "stderr", "-c", str(self.dir / "nginx.conf")]
+        check = subprocess.run(argv[:1] + ["-t"] + argv[1:], capture_output=True)
+        if check.returncode != 0:
+            sys.exit("nginx -t failed:\n" + check.stderr.decode())
+        # stdout (the access log) and stderr to a file.
+        self.proc = start(argv, self.dir / "nginx.log")
+        wait_http(f"http://127.0.0.1:{self.status_port}/healthz", self.proc, "nginx")
+
+    def pids(self):
+        return [self.proc.pid] + children(self.proc.pid)
+
+    def stop(self):
+        # SIGQUIT: graceful, like the image's stop.
+        stop(self.proc, signal.SIGQUIT)
+
+
+# ----------------------------------------------------------------------- wrk
+
+RUNS = {
+    # name: (script, through nginx?, writes?)
+    "get_nginx": ("get.lua", True, False),
+    "get_direct": ("get.lua", False, False),
+    "post_nginx": ("post.lua", True, True),
+    "post_direct": ("post.lua", False, True),
+    "mix_nginx": ("mix.lua", True, True),
+}
+
+
+class Stack:
+    def __init__(self, db, api, nginx):
+        self.db, self.api, self.nginx = db, api, nginx
+
+    def components(self):
+        return {
+            "mariadb": [self.db.proc.pid],
+            "nginx": self.nginx.pids(),
+            "api": [self.api.proc.pid],
+        }
+
+
+RUN_COUNTER = [0]
+
+
+def wrk(args, url, script, script_args, seconds, work):
+    env = dict(os.environ, LUA_PATH=f"{BENCH}/?.lua;;")
+    argv = [
+        program("wrk"),
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(BENCH / script),
+        url,
+        "--",
+    ] + script_args
+    log = open(work / "wrk.out", "wb")
+    p = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+    )
+    STARTED.append(p)
+    # wait4: wrk's own CPU time, reaped here.
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    STARTED.remove(p)
+    log.close()
+    text = (work / "wrk.out").read_text()
+    if p.returncode != 0:
+        sys.exit(f"wrk failed ({p.returncode}):\n{text}")
+    line = next((l for l in text.splitlines() if l.startswith("BENCH_JSON ")), None)
+    if line is None:
+        sys.exit(f"no summary from wrk:\n{text}")
+    return json.loads(line[len("BENCH_JSON ") :]), usage.ru_utime + usage.ru_stime
+
+
+def one_run(args, stack, kind, root):
+    script, via_nginx, writes = RUNS[kind]
+    port = stack.nginx.port if via_nginx else stack.api.port
+    url = f"http://127.0.0.1:{port}"
+    RUN_COUNTER[0] += 1
+    n = RUN_COUNTER[0]
+    work = root / f"run-{n:03d}-{kind}"
+    work.mkdir()
+
+    def script_args(base):
+        return [str(base), str(work)] if writes else [str(SEEDED)]
+
+    # Warm-up: its creates use their own id range and are checked too.
+    warm_base = BASE_STEP * (2 * n) + SEEDED + 1
+    base = BASE_STEP * (2 * n + 1) + SEEDED + 1
+    warm_acked = []
+    if args.warmup > 0:
+        wrk(args, url, script, script_args(warm_base), args.warmup, work)
+        warm_acked = read_acked(work) if writes else []
+        if writes:
+            for f in work.glob("acked.*"):
+                f.unlink()
+    pids = stack.components()
+    api_pid = stack.api.proc.pid
+    peak_reset = reset_peak_rss(api_pid)
+    before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
+    total0, idle0 = machine_jiffies()
+    t0 = time.monotonic()
+    summary, wrk_cpu = wrk(args, url, script, script_args(base), args.duration, work)
+    wall = time.monotonic() - t0
+    total1, idle1 = machine_jiffies()
+    pids = stack.components()  # nginx workers are stable; re-read anyway
+    after = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
+    cpu = {name: after[name] - before[name] for name in before}
+    cpu["wrk"] = wrk_cpu
+    busy = ((total1 - total0) - (idle1 - idle0)) / TICK
+    cpu["other"] = max(0.0, busy - sum(cpu.values()))
+    seconds = summary["duration_us"] / 1e6
+    result = {
+        "run": kind,
+        "url": url,
+        "seconds": round(seconds, 2),
+        "requests": summary["requests"],
+        "req_per_s": round(summary["requests"] / seconds, 1),
+        "latency_ms": {
+            k: round(v / 1000, 3) for k, v in summary["latency_us"].items()
+        },
+        "socket_errors": summary["errors"],
+        # wrk counts status > 399 itself; the write scripts count every status.
+        "non_2xx": (
+            sum(v for k, v in summary["statuses"].items() if not k.startswith("2"))
+            if summary["statuses"]
+            else summary["errors"]["status"]
+        ),
+        "statuses": summary["statuses"],
+        "api_rss_kib": status_kib(api_pid, "VmRSS"),
+        "api_peak_rss_kib": status_kib(api_pid, "VmHWM"),
+        "api_peak_rss_is_per_run": peak_reset,
+        # CPU seconds per wall second: 1.0 = one core busy all the time.
+        "cores": {k: round(v / wall, 2) for k, v in cpu.items()},
+        "machine_busy_cores": round(busy / wall, 2),
+    }
+    if writes:
+        result["check"] = check_acked(stack.db, read_acked(work) + warm_acked)
+    return result
+
+
+def read_acked(work):
+    ids = []
+    for f in sorted(work.glob("acked.*")):
+        ids += [int(line) for line in f.read_text().split()]
+    return ids
+
+
+def check_acked(db, acked):
+    """Every acknowledged create must be stored, with its name: per id."""
+    if not acked:
+        return {"acknowledged": 0, "missing": 0, "wrong_name": 0, "duplicates": 0}
+    stored = db.stored(min(acked), max(acked))
+    missing = [i for i in acked if str(i) not in stored]
+    wrong = [i for i in acked if str(i) in stored and stored[str(i)] != f"u{i}"]
+    return {
+        "acknowledged": len(acked),
+        "duplicates": len(acked) - len(set(acked)),
+        "missing": len(missing),
+        "missing_sample": missing[:10],
+        "wrong_name": len(wrong),
+    }
+
+
+# ------------------------------------------------------------------ variants
+
+# name -> settings. Keys: "env" (the API's environment on top of the defaults),
+# "nginx_workers" (None = the shipped `auto`), "bin" (another user-api build).
+VARIANT_SETS = {
+    "default": {"default": {}},
+    "workers": {
+        "workers=1": {"env": {"ROCKET_WORKERS": "1"}},
+        "workers=2 (default)": {},
+        "workers=4": {"env": {"ROCKET_WORKERS": "4"}},
+        "workers=8": {"env": {"ROCKET_WORKERS": "8"}},
+    },
+    "pool": {
+        "pool=4": {"env": {"DATABASE_MAX_CONNECTIONS": "4"}},
+        "pool=8": {"env": {"DATABASE_MAX_CONNECTIONS": "8"}},
+        "pool=16 (default)": {},
+        "pool=32": {"env": {"DATABASE_MAX_CONNECTIONS": "32"}},
+    },
+    "log": {
+        "access_log=on (default)": {},
+        "access_log=off": {"env": {"ROCKET_ACCESS_LOG": "false"}},
+        "log_format=json": {"env": {"ROCKET_LOG_FORMAT": "json"}},
+    },
+    "nginx": {
+        "nginx workers=1": {"nginx_workers": 1},
+        "nginx workers=auto (2, default)": {},
+    },
+}
+
+
+def parse_variant(spec):
+    """NAME:KEY=VALUE,... with KEY an env var, nginx_workers or bin."""
+    name, _, rest = spec.partition(":")
+    settings = {"env": {}}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key == "nginx_workers":
+            settings["nginx_workers"] = value
+        elif key == "bin":
+            settings["bin"] = value
+        else:
+            settings["env"][key] = value
+    return name, settings
+
+
+# ---------------------------------------------------------------------- main
+
+
+def fmt_table(results):
+    head = (
+        f"{'variant':<30} {'run':<11} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'non2xx':>6} {'err':>4} {'peakRSS':>8}  cores: api  nginx mariadb  wrk other"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        c = r["cores"]
+        errs = sum(r["socket_errors"][k] for k in ("connect", "read", "write", "timeout"))
+        lines.append(
+            f"{r['variant']:<30} {r['run']:<11} {r['req_per_s']:>8.0f} "
+            f"{r['latency_ms']['p50']:>7.2f} {r['latency_ms']['p99']:>7.2f} "
+            f"{r['non_2xx']:>6} {errs:>4} {r['api_peak_rss_kib'] / 1024:>6.1f}Mi  "
+            f"      {c['api']:>4.2f} {c['nginx']:>5.2f} {c['mariadb']:>6.2f} "
+            f"{c['wrk']:>4.2f} {c['other']:>5.2f}"
+            + (
+                f"  acked {r['check']['acknowledged']} missing {r['check']['missing']}"
+                if "check" in r
+                else ""
+            )
+        )
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bin", default=str(REPO / "target/release/user-api"))
+    parser.add_argument(
+        "--runs",
+        default="get_nginx,get_direct,post_nginx,mix_nginx",
+        help="comma-separated, from: " + ", ".join(RUNS),
+    )
+    parser.add_argument("--duration", type=int, default=12, help="seconds per run")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds before each run")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--variants",
+        default="default",
+        help="comma-separated sets: " + ", ".join(VARIANT_SETS),
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="extra variant NAME:KEY=VALUE,... (KEY: an env var, nginx_workers, bin)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat all variants")
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="innodb_flush_log_at_trx_commit=1 (default 2: see README.md)",
+    )
+    parser.add_argument("--out", default=str(BENCH / "results"))
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+
+    variants = {}
+    for set_name in filter(None, args.variants.split(",")):
+        if set_name not in VARIANT_SETS:
+            sys.exit(f"unknown variant set {set_name}")
+        variants.update(VARIANT_SETS[set_name])
+    for spec in args.variant:
+        name, settings = parse_variant(spec)
+        variants[name] = settings
+    kinds = [k for k in args.runs.split(",") if k]
+    for k in kinds:
+        if k not in RUNS:
+            sys.exit(f"unknown run {k}")
+    binary = Path(args.bin)
+    if not binary.is_file():
+        sys.exit(f"{binary} not found: cargo build --release (bench/run.sh does)")
+
+    def on_signal(signum, _):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    root = Path(tempfile.mkdtemp(prefix="user-api-bench-"))
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    loadavg = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"load average at start: {' '.join(loadavg)}; work dir {root}", flush=True)
+    results = []
+    try:
+        db = MariaDB(root, args.durable)
+        for round_no in range(args.rounds):
+            for name, settings in variants.items():
+                env = dict(settings.get("env", {}))
+                api = Api(root, settings.get("bin", binary), db.url(), env, f"{round_no}-{len(results)}")
+                db.reseed()
+                nginx = Nginx(root, api.port, settings.get("nginx_workers"), f"{round_no}-{len(results)}")
+                stack = Stack(db, api, nginx)
+                for kind in kinds:
+                    r = one_run(args, stack, kind, root)
+                    r.update(variant=name, round=round_no, settings=settings)
+                    results.append(r)
+                    print(fmt_table([r]).splitlines()[-1], flush=True)
+                nginx.stop()
+                api.stop()
+        stop_all()
+    finally:
+        stop_all()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    report = {
+        "started_at": started_at,
+        "loadavg_at_start": [float(x) for x in loadavg],
+        "loadavg_at_end": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]],
+        "cpus": os.cpu_count(),
+        "cpu_model": next(
+            (
+                l.split(":", 1)[1].strip()
+                for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")
+            ),
+            "",
+        ),
+        "binary": str(binary),
+        "wrk": {
+            "threads": args.threads,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+        },
+        "mariadb_args": db.args,
+        "seeded_users": SEEDED,
+        "results": results,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / (time.strftime("%Y%m%d-%H%M%S") + ".json")
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(fmt_table(results))
+    print(f"\nload average: start {' '.join(loadavg)}, end {' '.join(map(str, report['loadavg_at_end']))}")
+    print(f"results: {path}")
+    lost = sum(r["check"]["missing"] + r["check"]["wrong_name"] for r in results if "check" in r)
+    if lost:
+        print(f"FAILED: {lost} acknowledged creates are not stored as sent")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One command: bench/run.sh [bench.py options]   (bench/run.sh --help)
+# Builds the release user-api (unless USER_API_BIN names one), then runs a
+# throwaway MariaDB, the API and nginx as local processes on free loopback
+# ports and drives them with wrk. Nothing is installed; on Debian:
+#   apt-get install wrk mariadb-server mariadb-client nginx python3
+# Results: a table on stdout and bench/results/<timestamp>.json.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+
+missing=()
+for tool in wrk mariadbd mariadb-install-db mariadb nginx python3; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "missing: ${missing[*]} (Debian: apt-get install wrk mariadb-server mariadb-client nginx python3)" >&2
+  exit 2
+fi
+
+if [ -n "${USER_API_BIN:-}" ]; then
+  bin=$USER_API_BIN
+else
+  (cd "$repo" && cargo build --release --quiet)
+  bin=$repo/target/release/user-api
+fi
+export PATH="$PATH:/usr/sbin:/usr/local/sbin:/sbin"
+exec python3 "$here/bench.py" --bin "$bin" "$@"
