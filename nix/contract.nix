@@ -68,6 +68,5 @@
     uid = 999;
     gid = 999;
     dataDir = "/var/lib/mysql";
-    runDir = "/run/mysqld";
   };
 }

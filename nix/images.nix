@@ -180,15 +180,16 @@ let
     tag = contract.db.tag;
     inherit created;
     contents = dbContents;
-    # Owned by mysql in the image, so that a fresh named volume mounted on /var/lib/mysql
-    # inherits the owner, and so that the image also runs without compose's tmpfs on
-    # /run/mysqld. fakeroot makes chown possible without root; the paths are relative to the
-    # final layer's root. /tmp: nothing in the contents provides it.
+    # /var/lib/mysql is owned by mysql in the image, so that a fresh named volume mounted on it
+    # inherits the owner. No /run/mysqld: compose mounts a tmpfs there (mode=1777), and runc gives
+    # a tmpfs on an existing directory that directory's mode with a root owner, which uid 999
+    # could not write; without compose, the entrypoint falls back to /tmp/mysqld. fakeroot makes
+    # chown possible without root; the paths are relative to the final layer's root. /tmp:
+    # nothing in the contents provides it.
     fakeRootCommands = ''
-      mkdir -p .${contract.db.dataDir} .${contract.db.runDir} tmp
-      chown ${toString contract.db.uid}:${toString contract.db.gid} .${contract.db.dataDir} .${contract.db.runDir}
+      mkdir -p .${contract.db.dataDir} tmp
+      chown ${toString contract.db.uid}:${toString contract.db.gid} .${contract.db.dataDir}
       chmod 0750 .${contract.db.dataDir}
-      chmod 0755 .${contract.db.runDir}
       chmod 1777 tmp
     '';
     config = dbConfig;
