@@ -58,9 +58,11 @@ impl rocket_db_pools::Pool for UserPool {
             .map_err(|e| StartupError(e.to_string()))
     }
 
-    async fn close(&self) {
-        self.pool.close().await;
-    }
+    /// rocket_db_pools calls this from its shutdown fairing, which Rocket runs
+    /// as soon as shutdown is *requested*, before the grace period: closing
+    /// then would turn requests still in flight into 503s. The pool is
+    /// closed by [`UserPool::close_after_shutdown`] once the server is done.
+    async fn close(&self) {}
 }
 
 async fn start(figment: &Figment) -> Result<UserPool, String> {
@@ -125,6 +127,11 @@ async fn wait_for_server(
 }
 
 impl UserPool {
+    /// Closes the connections politely once every request has finished.
+    pub async fn close_after_shutdown(&self) {
+        self.pool.close().await;
+    }
+
     /// A pooled connection within the acquire timeout: when this fails,
     /// nothing was sent, so the client may simply retry.
     async fn connection(&self) -> Result<PoolConnection<MySql>, ApiError> {

@@ -1,5 +1,8 @@
 use std::process::ExitCode;
 
+use rocket_db_pools::Database;
+use user_api::db::Db;
+
 const USAGE: &str = "usage: user-api [healthcheck | --version]
 
   (no argument)  serve the API (configuration: Rocket.toml, ROCKET_*, DATABASE_*)
@@ -31,8 +34,16 @@ fn main() -> ExitCode {
 }
 
 fn serve() -> ExitCode {
-    match rocket::execute(user_api::rocket().launch()) {
-        Ok(_) => ExitCode::SUCCESS,
+    let served = rocket::execute(async {
+        let rocket = user_api::rocket().launch().await?;
+        // Only now are all requests done: see `UserPool::close`.
+        if let Some(db) = Db::fetch(&rocket) {
+            db.close_after_shutdown().await;
+        }
+        Ok::<_, rocket::Error>(())
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let reason = match e.kind() {
                 rocket::error::ErrorKind::Config(e) => format!("invalid configuration: {e}"),

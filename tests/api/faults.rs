@@ -408,12 +408,9 @@ async fn finish(userid: u32, (mut stream, rest): (TcpStream, String)) -> Attempt
     }
 }
 
-// Fails on the current API: rocket_db_pools closes the pool as soon as
-// shutdown is requested (Rocket runs shutdown fairings before the grace
-// period), so a request in flight that has not got its connection yet is
-// answered 503. Un-ignore with the fix in src/db.rs + src/main.rs (close the
-// pool after `launch()` returns, not in `Pool::close`).
-#[ignore = "needs the pool-close-after-grace fix in src/db.rs and src/main.rs"]
+// rocket_db_pools closes its pool when shutdown is requested (Rocket runs
+// shutdown fairings before the grace period); the API closes it only after
+// `launch()` returns, or requests in flight would get 503s.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_write_load_finishes_requests_in_flight_and_loses_nothing() {
     let db = TestDb::create(shared_server()).await;
