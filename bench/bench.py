@@ -161,9 +161,11 @@ def reset_peak_rss(pid):
 
 
 def machine_jiffies():
+    """(all, idle + iowait, irq + softirq) jiffies of the machine. With IRQ
+    time accounting, the loopback TCP work done in softirq is charged to no
+    process: it is reported apart, not as someone else's load."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields[:8]), idle
+    return sum(fields[:8]), fields[3] + fields[4], fields[5] + fields[6]
 
 
 # ------------------------------------------------------------------- MariaDB
@@ -180,9 +182,8 @@ class MariaDB:
         "--max-connections=500",
     ]
 
-    def __init__(self, root, durable):
-        self.dir = root / "mariadb"
-        self.dir.mkdir()
+    def __init__(self, root, durable, extra_args=()):
+        self.dir = Path(tempfile.mkdtemp(prefix="mariadb-", dir=root))
         self.port = free_port()
         self.durable = durable
         self.client = program("mariadb")
@@ -200,7 +201,7 @@ class MariaDB:
         if out.returncode != 0:
             sys.exit("mariadb-install-db failed:\n" + out.stderr.decode())
         flush = "1" if durable else "2"
-        self.args = self.ARGS + [f"--innodb-flush-log-at-trx-commit={flush}"]
+        self.args = self.ARGS + [f"--innodb-flush-log-at-trx-commit={flush}"] + list(extra_args)
         argv = [
             program("mariadbd"),
             "--no-defaults",
@@ -280,7 +281,7 @@ class Nginx:
     in a temp dir). upstream.conf points at the API; rate_limit_exempt.conf
     exempts 127.0.0.1 from the per-address limits (nginx/README.md)."""
 
-    def __init__(self, root, api_port, workers, name):
+    def __init__(self, root, api_port, workers, name, access_log=True):
         self.dir = root / f"nginx-{name}"
         self.dir.mkdir()
         self.port, self.status_port = free_port(), free_port()
@@ -291,6 +292,9 @@ class Nginx:
             (r"(?m)^pid\s+/tmp/nginx\.pid;", f"pid {self.dir}/nginx.pid;"),
             (r"/tmp/nginx-", f"{self.dir}/nginx-"),
         ]
+        if not access_log:
+            # Only to measure what the access log costs.
+            edits.append((r"(?m)^(\s*)access_log\s+/dev/stdout[^;]*;", r"\1access_log off;"))
         if workers is not None:
             edits.append(
                 (r"(?m)^worker_processes\s+auto;", f"worker_processes {workers};")
@@ -405,16 +409,17 @@ def one_run(args, stack, kind, root):
     api_pid = stack.api.proc.pid
     peak_reset = reset_peak_rss(api_pid)
     before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
-    total0, idle0 = machine_jiffies()
+    total0, idle0, irq0 = machine_jiffies()
     t0 = time.monotonic()
     summary, wrk_cpu = wrk(args, url, script, script_args(base), args.duration, work)
     wall = time.monotonic() - t0
-    total1, idle1 = machine_jiffies()
+    total1, idle1, irq1 = machine_jiffies()
     pids = stack.components()  # nginx workers are stable; re-read anyway
     after = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
     cpu = {name: after[name] - before[name] for name in before}
     cpu["wrk"] = wrk_cpu
     busy = ((total1 - total0) - (idle1 - idle0)) / TICK
+    cpu["irq"] = (irq1 - irq0) / TICK
     cpu["other"] = max(0.0, busy - sum(cpu.values()))
     seconds = summary["duration_us"] / 1e6
     result = {
@@ -472,7 +477,9 @@ def check_acked(db, acked):
 # ------------------------------------------------------------------ variants
 
 # name -> settings. Keys: "env" (the API's environment on top of the defaults),
-# "nginx_workers" (None = the shipped `auto`), "bin" (another user-api build).
+# "nginx_workers" (None = the shipped `auto`), "bin" (another user-api build),
+# "db_args" (extra mariadbd options: that variant gets a MariaDB of its own),
+# "nginx_access_log" (False: nginx.conf's access_log line becomes `off`).
 VARIANT_SETS = {
     "default": {"default": {}},
     "workers": {
@@ -488,19 +495,25 @@ VARIANT_SETS = {
         "pool=32": {"env": {"DATABASE_MAX_CONNECTIONS": "32"}},
     },
     "log": {
-        "access_log=on (default)": {},
-        "access_log=off": {"env": {"ROCKET_ACCESS_LOG": "false"}},
-        "log_format=json": {"env": {"ROCKET_LOG_FORMAT": "json"}},
+        "api access_log=on (default)": {},
+        "api access_log=off": {"env": {"ROCKET_ACCESS_LOG": "false"}},
+        "api log_format=json": {"env": {"ROCKET_LOG_FORMAT": "json"}},
     },
     "nginx": {
         "nginx workers=1": {"nginx_workers": 1},
         "nginx workers=auto (2, default)": {},
+        "nginx access_log off": {"nginx_access_log": False},
+    },
+    "mariadb": {
+        "mariadb one-thread-per-connection (default)": {},
+        "mariadb thread pool": {"db_args": ["--thread-handling=pool-of-threads"]},
     },
 }
 
 
 def parse_variant(spec):
-    """NAME:KEY=VALUE,... with KEY an env var, nginx_workers or bin."""
+    """NAME:KEY=VALUE,... with KEY an env var, nginx_workers, bin or db_arg
+    (e.g. db_arg=--thread-handling=pool-of-threads)."""
     name, _, rest = spec.partition(":")
     settings = {"env": {}}
     for item in filter(None, rest.split(",")):
@@ -509,6 +522,8 @@ def parse_variant(spec):
             settings["nginx_workers"] = value
         elif key == "bin":
             settings["bin"] = value
+        elif key == "db_arg":
+            settings.setdefault("db_args", []).append(value)
         else:
             settings["env"][key] = value
     return name, settings
@@ -520,7 +535,7 @@ def parse_variant(spec):
 def fmt_table(results):
     head = (
         f"{'variant':<30} {'run':<11} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'non2xx':>6} {'err':>4} {'peakRSS':>8}  cores: api  nginx mariadb  wrk other"
+        f"{'non2xx':>6} {'err':>4} {'peakRSS':>8}  cores: api  nginx mariadb  wrk   irq other"
     )
     lines = [head, "-" * len(head)]
     for r in results:
@@ -531,12 +546,63 @@ def fmt_table(results):
             f"{r['latency_ms']['p50']:>7.2f} {r['latency_ms']['p99']:>7.2f} "
             f"{r['non_2xx']:>6} {errs:>4} {r['api_peak_rss_kib'] / 1024:>6.1f}Mi  "
             f"      {c['api']:>4.2f} {c['nginx']:>5.2f} {c['mariadb']:>6.2f} "
-            f"{c['wrk']:>4.2f} {c['other']:>5.2f}"
+            f"{c['wrk']:>4.2f} {c.get('irq', 0.0):>5.2f} {c['other']:>5.2f}"
             + (
                 f"  acked {r['check']['acknowledged']} missing {r['check']['missing']}"
                 if "check" in r
                 else ""
             )
+        )
+    return "\n".join(lines)
+
+
+def cost_per_request(r):
+    """CPU microseconds each component spent per request: what a change to
+    one component moves, and far less sensitive than req/s to whatever else
+    runs on the machine."""
+    return {
+        k: round(v / r["req_per_s"] * 1e6, 1) if r["req_per_s"] else None
+        for k, v in r["cores"].items()
+        if k != "other"
+    }
+
+
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def fmt_summary(results):
+    """Medians over rounds, per variant and run, with the CPU cost per request
+    and the rate the 2 cores would allow if the stack had them to itself
+    (2 s of CPU per second / CPU seconds per request)."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["variant"], r["run"]), []).append(r)
+    head = (
+        f"{'variant':<34} {'run':<11} {'n':>2} {'req/s':>7} {'p50':>6} {'p99':>6} "
+        f"{'non2xx':>6}  CPU us/req: {'api':>5} {'nginx':>5} {'maria':>5} {'wrk':>5} {'irq':>5} "
+        f"{'total':>6}  {'2-core cap':>10} {'other':>5}"
+    )
+    lines = [head, "-" * len(head)]
+    for (variant, run), rs in groups.items():
+        costs = [cost_per_request(r) for r in rs]
+        m = {
+        k: median([c.get(k) or 0.0 for c in costs])
+        for k in ("api", "nginx", "mariadb", "wrk", "irq")
+    }
+        total = sum(m.values())
+        lines.append(
+            f"{variant:<34} {run:<11} {len(rs):>2} "
+            f"{median([r['req_per_s'] for r in rs]):>7.0f} "
+            f"{median([r['latency_ms']['p50'] for r in rs]):>6.2f} "
+            f"{median([r['latency_ms']['p99'] for r in rs]):>6.2f} "
+            f"{sum(r['non_2xx'] for r in rs):>6}              "
+            f"{m['api']:>5.1f} {m['nginx']:>5.1f} {m['mariadb']:>5.1f} {m['wrk']:>5.1f} "
+            f"{m['irq']:>5.1f} "
+            f"{total:>6.1f}  {2e6 / total:>10.0f} "
+            f"{median([r['cores']['other'] for r in rs]):>5.2f}"
         )
     return "\n".join(lines)
 
@@ -562,7 +628,7 @@ def main():
         "--variant",
         action="append",
         default=[],
-        help="extra variant NAME:KEY=VALUE,... (KEY: an env var, nginx_workers, bin)",
+        help="extra variant NAME:KEY=VALUE,... (KEY: an env var, nginx_workers, bin, db_arg)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="repeat all variants")
     parser.add_argument(
@@ -572,7 +638,15 @@ def main():
     )
     parser.add_argument("--out", default=str(BENCH / "results"))
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument(
+        "--summarize", metavar="JSON", help="print the summary of an earlier run and exit"
+    )
     args = parser.parse_args()
+    if args.summarize:
+        report = json.loads(Path(args.summarize).read_text())
+        print(f"load average at start: {report['loadavg_at_start']}")
+        print(fmt_summary(report["results"]))
+        return 0
 
     variants = {}
     for set_name in filter(None, args.variants.split(",")):
@@ -601,13 +675,28 @@ def main():
     print(f"load average at start: {' '.join(loadavg)}; work dir {root}", flush=True)
     results = []
     try:
-        db = MariaDB(root, args.durable)
+        dbs = {}
+
+        def database(db_args):
+            key = tuple(db_args)
+            if key not in dbs:
+                dbs[key] = MariaDB(root, args.durable, db_args)
+            return dbs[key]
+
+        db = database(())
         for round_no in range(args.rounds):
             for name, settings in variants.items():
                 env = dict(settings.get("env", {}))
+                db = database(settings.get("db_args", ()))
                 api = Api(root, settings.get("bin", binary), db.url(), env, f"{round_no}-{len(results)}")
                 db.reseed()
-                nginx = Nginx(root, api.port, settings.get("nginx_workers"), f"{round_no}-{len(results)}")
+                nginx = Nginx(
+                    root,
+                    api.port,
+                    settings.get("nginx_workers"),
+                    f"{round_no}-{len(results)}",
+                    access_log=settings.get("nginx_access_log", True),
+                )
                 stack = Stack(db, api, nginx)
                 for kind in kinds:
                     r = one_run(args, stack, kind, root)
@@ -642,16 +731,20 @@ def main():
             "duration_s": args.duration,
             "warmup_s": args.warmup,
         },
-        "mariadb_args": db.args,
+        "mariadb_args": database(()).args,
         "seeded_users": SEEDED,
         "results": results,
     }
+    for r in results:
+        r["cpu_us_per_request"] = cost_per_request(r)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / (time.strftime("%Y%m%d-%H%M%S") + ".json")
     path.write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(fmt_table(results))
+    print()
+    print(fmt_summary(results))
     print(f"\nload average: start {' '.join(loadavg)}, end {' '.join(map(str, report['loadavg_at_end']))}")
     print(f"results: {path}")
     lost = sum(r["check"]["missing"] + r["check"]["wrong_name"] for r in results if "check" in r)
