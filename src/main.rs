@@ -1,5 +1,9 @@
 use std::process::ExitCode;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rocket::{Phase, Rocket};
 use rocket_db_pools::Database;
 use user_api::db::Db;
 
@@ -35,12 +39,30 @@ fn main() -> ExitCode {
 
 fn serve() -> ExitCode {
     let served = rocket::execute(async {
-        let rocket = user_api::rocket().launch().await?;
-        // Only now are all requests done: see `UserPool::close`.
-        if let Some(db) = Db::fetch(&rocket) {
-            db.close_after_shutdown().await;
+        match user_api::rocket().launch().await {
+            Ok(rocket) => {
+                close_pool(&rocket).await;
+                Ok(())
+            }
+            Err(e) => match e.kind() {
+                // Rocket 0.5.2 race: a SIGTERM that lands between two polls
+                // of its shutdown select ends the accept loop first, and
+                // launch() returns at once, while connections still serve
+                // requests in flight. Wait them out (they keep their own
+                // grace and mercy), as the nominal path would have.
+                rocket::error::ErrorKind::Shutdown(rocket, None) => {
+                    let shutdown = &rocket.config().shutdown;
+                    let limit = Duration::from_secs(u64::from(shutdown.grace + shutdown.mercy) + 1);
+                    let deadline = Instant::now() + limit;
+                    while Arc::strong_count(rocket) > 1 && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    close_pool(rocket).await;
+                    Ok(())
+                }
+                _ => Err(e),
+            },
         }
-        Ok::<_, rocket::Error>(())
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -54,5 +76,12 @@ fn serve() -> ExitCode {
             user_api::log::error(&format!("stopped: {reason}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Only once every request is done: see `UserPool::close`.
+async fn close_pool<P: Phase>(rocket: &Rocket<P>) {
+    if let Some(db) = Db::fetch(rocket) {
+        db.close_after_shutdown().await;
     }
 }

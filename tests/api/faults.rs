@@ -412,16 +412,10 @@ async fn finish(userid: u32, (mut stream, rest): (TcpStream, String)) -> Attempt
 // shutdown fairings before the grace period); the API closes it only after
 // `launch()` returns, or requests in flight would get 503s.
 //
-// Ignored until src/main.rs works around a Rocket 0.5.2 race: a SIGTERM that
-// lands between two polls of Rocket's shutdown `select!` ends the accept loop
-// first, launch() returns "shutdown failed" at once (no shutdown fairings, no
-// grace period) and the process exits 1, dropping the requests in flight.
-// Under this load that is 4 SIGTERMs in 20 on the 2-core machine (the half-
-// sent creates get no answer, the exit code is 1). The workaround, tested
-// 30 of 30 here with the race hit 8 times: on `ErrorKind::Shutdown(rocket,
-// None)`, wait until `Arc::strong_count(rocket) == 1` (the connections run
-// their own grace and mercy), then close the pool and exit 0.
-#[ignore = "flaky until src/main.rs waits out Rocket 0.5.2's shutdown race"]
+// Also covers a Rocket 0.5.2 race that src/main.rs works around: a SIGTERM
+// that lands between two polls of Rocket's shutdown `select!` ends the accept
+// loop first and launch() returns at once (no grace period); before the
+// workaround that was 4 SIGTERMs in 20 here, with requests dropped and exit 1.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_write_load_finishes_requests_in_flight_and_loses_nothing() {
     let db = TestDb::create(shared_server()).await;
