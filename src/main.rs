@@ -51,6 +51,8 @@ fn serve() -> ExitCode {
                 // requests in flight. Wait them out (they keep their own
                 // grace and mercy), as the nominal path would have.
                 rocket::error::ErrorKind::Shutdown(rocket, None) => {
+                    // Rocket skipped its shutdown fairings on this path.
+                    user_api::log::info("shutting down: finishing requests in flight");
                     let shutdown = &rocket.config().shutdown;
                     let limit = Duration::from_secs(u64::from(shutdown.grace + shutdown.mercy) + 1);
                     let deadline = Instant::now() + limit;
