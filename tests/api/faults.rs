@@ -451,12 +451,9 @@ async fn sigterm_under_write_load_finishes_requests_in_flight_and_loses_nothing(
     let exited = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let mut attempts = collect(writers, &log).await;
+    // Not checked: the "shutting down" line. It comes from a shutdown
+    // fairing, which Rocket skips when it loses its shutdown race.
     assert_eq!(code, Some(0), "{}", api.logs());
-    assert!(
-        api.logs().contains("shutting down"),
-        "no shutdown line:\n{}",
-        api.logs()
-    );
 
     for a in &in_flight {
         assert_eq!(
