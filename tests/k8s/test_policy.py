@@ -1,0 +1,526 @@
+"""Policy checks over the rendered objects of the base and every overlay: the
+hardening of every container, probes, images, secrets, the connection budget,
+the shape of each component and the one nginx configuration."""
+
+import json
+import re
+import tomllib
+
+import pytest
+
+from conftest import (
+    K8S,
+    NAMESPACE,
+    OVERLAYS,
+    REPO,
+    containers,
+    env_of,
+    labels_match,
+    objects,
+    one,
+    render,
+    render_text,
+    workloads,
+)
+
+CONTRACT = json.loads((REPO / "nix" / "contract.json").read_text())
+VERSION = tomllib.loads((REPO / "Cargo.toml").read_text())["package"]["version"]
+FLAKE_IMAGES = {CONTRACT[c]["image"] for c in ("api", "proxy", "db")}
+MARIADB_DEFAULT_MAX_CONNECTIONS = 151
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
+
+
+def pods(docs):
+    return list(workloads(docs))
+
+
+def mounts(container):
+    return {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+
+
+def volume(pod_spec, name):
+    return next(v for v in pod_spec.get("volumes", []) if v["name"] == name)
+
+
+def port_number(container, port):
+    if isinstance(port, int):
+        return port
+    return next(p["containerPort"] for p in container.get("ports", []) if p["name"] == port)
+
+
+# ---- hardening ---------------------------------------------------------------------------------
+
+def test_there_are_the_three_workloads(docs):
+    assert sorted((d["kind"], d["metadata"]["name"]) for d, _ in pods(docs)) == [
+        ("Deployment", "api"), ("Deployment", "proxy"), ("StatefulSet", "db")]
+
+
+def test_every_pod_is_hardened(docs):
+    for d, spec in pods(docs):
+        name = d["metadata"]["name"]
+        assert spec.get("automountServiceAccountToken") is False, name
+        for host in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(host), (name, host)
+        assert not any("hostPath" in v for v in spec.get("volumes", [])), name
+        psc = spec.get("securityContext", {})
+        assert psc.get("runAsNonRoot") is True, name
+        assert psc.get("runAsUser", 0) != 0 and psc.get("runAsGroup", 0) != 0, name
+        assert psc.get("seccompProfile") == {"type": "RuntimeDefault"}, name
+
+
+def test_every_container_is_hardened(docs):
+    for d, spec in pods(docs):
+        psc = spec.get("securityContext", {})
+        for c in containers(spec):
+            where = f"{d['metadata']['name']}/{c['name']}"
+            sc = c.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("privileged") is not True, where
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not sc.get("capabilities", {}).get("add"), where
+            assert sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, where
+            assert sc.get("runAsUser", psc.get("runAsUser", 0)) != 0, where
+            assert sc.get("seccompProfile", psc.get("seccompProfile")) == {"type": "RuntimeDefault"}, where
+
+
+def test_every_container_has_a_memory_emptydir_tmp(docs):
+    for d, spec in pods(docs):
+        for c in containers(spec):
+            vol = mounts(c).get("/tmp")
+            assert vol, f"{d['metadata']['name']}/{c['name']} has no /tmp mount"
+            ed = volume(spec, vol).get("emptyDir")
+            assert ed is not None and ed.get("medium") == "Memory" and ed.get("sizeLimit"), (d["metadata"]["name"], ed)
+
+
+def test_users_are_the_images_users(docs):
+    for d, spec in pods(docs):
+        component = d["metadata"]["name"]
+        uid, gid = (int(x) for x in CONTRACT[component]["user"].split(":"))
+        psc = spec["securityContext"]
+        assert (psc["runAsUser"], psc["runAsGroup"]) == (uid, gid), component
+        # Secret files and volumes are group-readable through fsGroup.
+        assert psc.get("fsGroup") == gid, component
+
+
+def test_every_container_has_probes_and_resources(docs):
+    for d, spec in pods(docs):
+        for c in spec["containers"]:
+            where = f"{d['metadata']['name']}/{c['name']}"
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert probe in c, f"{where} has no {probe}"
+            res = c.get("resources", {})
+            for kind in ("cpu", "memory"):
+                assert kind in res.get("requests", {}), (where, "requests", kind)
+                assert kind in res.get("limits", {}), (where, "limits", kind)
+            # Memory: request = limit (no overcommit: the figure is a measured peak plus margin).
+            assert res["requests"]["memory"] == res["limits"]["memory"], where
+
+
+def test_images_are_pinned(target, docs):
+    for d, spec in pods(docs):
+        for c in containers(spec):
+            image = c["image"]
+            name, _, tag = image.rpartition(":") if "@" not in image else (image, "", "digest")
+            assert name and tag and "/" not in tag, f"{image}: no tag"
+            assert tag != "latest", image
+            if target != "overlays/production":
+                # The flake's names and tags: Cargo.toml's version.
+                assert name in FLAKE_IMAGES and tag == VERSION, image
+            else:
+                assert name.split("/")[-1] in FLAKE_IMAGES and tag == VERSION, image
+
+
+def test_local_overlay_never_pulls():
+    for d, spec in pods(render("overlays/local")):
+        for c in containers(spec):
+            assert c["imagePullPolicy"] == "Never", d["metadata"]["name"]
+
+
+def test_entrypoints_are_the_images(docs):
+    """No command override: the images' entrypoints (contract.json) run as built."""
+    for d, spec in pods(docs):
+        for c in spec["containers"]:
+            assert "command" not in c, d["metadata"]["name"]
+
+
+# ---- secrets -----------------------------------------------------------------------------------
+
+SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|PRIVATE|API_?KEY", re.I)
+
+
+def test_no_secret_in_the_rendered_objects(target, docs):
+    assert not objects(docs, "Secret"), "a Secret in the manifests would be committed: create it with kubectl"
+    for d, spec in pods(docs):
+        for c in containers(spec):
+            for e in c.get("env", []):
+                if SECRETISH.search(e["name"]):
+                    # Only paths to files: passwords never in an env value, also not via secretKeyRef.
+                    assert e["name"].endswith("_FILE") and e.get("value", "").startswith("/run/secrets/"), e
+                assert "secretKeyRef" not in e.get("valueFrom", {}), e
+            assert not any("secretRef" in f for f in c.get("envFrom", [])), c["name"]
+    # Any password file this checkout has (compose's ./secrets, or one under k8s/) is absent.
+    text = render_text(target)
+    for f in [*REPO.glob("secrets/*"), *K8S.rglob("secrets/*")]:
+        if f.is_file():
+            value = f.read_text(errors="replace").strip()
+            if len(value) >= 8:
+                assert value not in text, f"the content of {f} is in the rendered k8s/{target}"
+
+
+def test_secret_files_come_from_db_credentials(docs):
+    """Both workloads mount the one Secret the README tells to create, and
+    every *_FILE variable names a file that the mount really provides."""
+    readme = (K8S / "README.md").read_text()
+    assert re.search(r"kubectl[^\n]*create secret generic db-credentials", readme)
+    for key in ("db_password", "db_root_password"):
+        assert f"--from-file={key}=" in readme, key
+    for d, spec in pods(docs):
+        if d["metadata"]["name"] == "proxy":
+            assert not any("secret" in v for v in spec.get("volumes", [])), "the proxy needs no secret"
+            continue
+        c = spec["containers"][0]
+        provided = {}
+        for path, vol_name in mounts(c).items():
+            secret = volume(spec, vol_name).get("secret")
+            if secret:
+                assert secret["secretName"] == "db-credentials"
+                assert secret.get("defaultMode") == 0o440
+                for item in secret["items"]:
+                    provided[f"{path}/{item['path']}"] = item["key"]
+        files = {k: v for k, v in env_of(c).items() if k.endswith("_FILE")}
+        assert files, d["metadata"]["name"]
+        for var, path in files.items():
+            assert path in provided, (var, path, provided)
+            assert provided[path] == path.rsplit("/", 1)[1]
+    api = one(docs, "Deployment", "api")["spec"]["template"]["spec"]["volumes"]
+    api_keys = [i["key"] for v in api if "secret" in v for i in v["secret"]["items"]]
+    assert api_keys == ["db_password"], "the api gets its own password, not root's"
+
+
+# ---- the connection budget ---------------------------------------------------------------------
+
+def max_surge(deployment, replicas):
+    surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    if isinstance(surge, str) and surge.endswith("%"):
+        return -(-replicas * int(surge[:-1]) // 100)
+    return int(surge)
+
+
+def db_max_connections(docs):
+    c = one(docs, "StatefulSet", "db")["spec"]["template"]["spec"]["containers"][0]
+    for arg in c.get("args", []):
+        m = re.fullmatch(r"--max[-_]connections=(\d+)", arg)
+        if m:
+            return int(m.group(1))
+    return MARIADB_DEFAULT_MAX_CONNECTIONS
+
+
+def connection_budget(docs):
+    api = one(docs, "Deployment", "api")
+    hpa = one(docs, "HorizontalPodAutoscaler", "api")
+    pool = env_of(api["spec"]["template"]["spec"]["containers"][0]).get("DATABASE_MAX_CONNECTIONS")
+    assert pool is not None, "DATABASE_MAX_CONNECTIONS must be set explicitly: the budget counts on it"
+    most = hpa["spec"]["maxReplicas"]
+    return int(pool), most, max_surge(api, most), db_max_connections(docs)
+
+
+def test_pool_times_replicas_stays_under_max_connections(target, docs):
+    pool, most, surge, limit = connection_budget(docs)
+    assert pool * most < limit, f"{pool} x {most} >= {limit}"
+    # Stricter: also during a rollout at maxReplicas (maxSurge extra pods), with a few
+    # connections left for the db's healthcheck login and an operator.
+    assert pool * (most + surge) + 4 <= limit, f"{pool} x ({most} + {surge}) + 4 > {limit}"
+    print(f"k8s/{target}: {pool} x ({most} + {surge}) = {pool * (most + surge)} < {limit}")
+
+
+def test_the_budget_comments_say_the_rendered_numbers():
+    """api.yaml (base) and the production patch state the arithmetic: keep
+    them in step with the objects."""
+    for target, path in (("base", K8S / "base" / "api.yaml"),
+                         ("overlays/production", K8S / "overlays" / "production" / "api.yaml")):
+        pool, most, surge, limit = connection_budget(render(target))
+        text = path.read_text()
+        expected = f"{pool} x ({most} + {surge}) = {pool * (most + surge)}"
+        flat = re.sub(r"\s+", " ", re.sub(r"#", "", text))
+        assert re.search(rf"{pool} x \(?(HPA maxReplicas )?{most} \+ (maxSurge )?{surge}\)? = {pool * (most + surge)}", flat) \
+            or expected in flat, f"{path} does not say {expected}"
+        assert str(limit) in text
+
+
+# ---- db ----------------------------------------------------------------------------------------
+
+def test_db_statefulset(docs):
+    sts = one(docs, "StatefulSet", "db")
+    spec = sts["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    assert sts["spec"]["replicas"] == 1
+    svc = one(docs, "Service", sts["spec"]["serviceName"])
+    assert svc["spec"]["clusterIP"] == "None", "the governing Service is headless"
+    assert labels_match({"matchLabels": svc["spec"]["selector"]}, sts["spec"]["template"]["metadata"]["labels"])
+    assert [p["port"] for p in svc["spec"]["ports"]] == [3306]
+    # Data on the claim template, socket and temp files in memory (root is read-only).
+    claims = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
+    m = mounts(c)
+    assert m[CONTRACT["db"]["dataDir"]] in claims
+    for path in ("/run/mysqld", "/tmp"):
+        assert volume(spec, m[path])["emptyDir"]["medium"] == "Memory", path
+    # InnoDB's clean shutdown: at least compose's 60 s.
+    assert spec["terminationGracePeriodSeconds"] >= 60
+    # The image's own healthcheck as exec probes.
+    healthcheck = CONTRACT["db"]["healthcheck"][1:]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["exec"]["command"] == healthcheck, probe
+    env = env_of(c)
+    for var in ("MYSQL_DATABASE", "MYSQL_USER", "MYSQL_PASSWORD_FILE", "MYSQL_ROOT_PASSWORD_FILE"):
+        assert env.get(var), var
+    assert port_number(c, "mysql") == 3306
+
+
+# ---- api ---------------------------------------------------------------------------------------
+
+def test_api_deployment(docs):
+    dep = one(docs, "Deployment", "api")
+    spec = dep["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    hpa = one(docs, "HorizontalPodAutoscaler", "api")
+    assert dep["spec"]["replicas"] >= 2
+    assert hpa["spec"]["minReplicas"] == dep["spec"]["replicas"]
+    assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"}
+    rolling = dep["spec"]["strategy"]["rollingUpdate"]
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate" and rolling["maxUnavailable"] == 0
+    assert rolling["maxSurge"] not in (0, "0%")
+    # Probes: readiness asks the database, liveness and startup do not.
+    for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = c[probe]["httpGet"]
+        assert get["path"] == path and port_number(c, get["port"]) == 8000, probe
+    # Startup covers DATABASE_STARTUP_TIMEOUT (60 s) plus migrations.
+    start = c["startupProbe"]
+    assert start["periodSeconds"] * start["failureThreshold"] >= 60 + 20
+    # Spread: topology constraints (or anti-affinity) over hosts, selecting these pods.
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    spread = spec.get("topologySpreadConstraints", [])
+    anti = spec.get("affinity", {}).get("podAntiAffinity")
+    assert anti or any(t["topologyKey"] == "kubernetes.io/hostname" and labels_match(t["labelSelector"], labels)
+                       for t in spread)
+    pdb = one(docs, "PodDisruptionBudget", "api")
+    assert labels_match(pdb["spec"]["selector"], labels)
+    assert pdb["spec"].get("maxUnavailable") == 1 or pdb["spec"].get("minAvailable") == 1
+    svc = one(docs, "Service", "api")
+    assert labels_match({"matchLabels": svc["spec"]["selector"]}, labels)
+    (port,) = svc["spec"]["ports"]
+    assert port["port"] == 8000 and port_number(c, port["targetPort"]) == 8000
+
+
+def test_api_environment_matches_the_db_and_compose(docs):
+    api = env_of(one(docs, "Deployment", "api")["spec"]["template"]["spec"]["containers"][0])
+    db = env_of(one(docs, "StatefulSet", "db")["spec"]["template"]["spec"]["containers"][0])
+    assert api["DATABASE_HOST"] == "db" and one(docs, "Service", "db")
+    assert api["DATABASE_PORT"] == "3306"
+    assert api["DATABASE_NAME"] == db["MYSQL_DATABASE"]
+    assert api["DATABASE_USER"] == db["MYSQL_USER"]
+    assert api["DATABASE_PASSWORD_FILE"] == db["MYSQL_PASSWORD_FILE"]
+    assert "DATABASE_PASSWORD" not in api and "DATABASE_URL" not in api
+    # ROCKET_* as in compose (and the image's Env in contract.json).
+    for pair in CONTRACT["api"]["env"]:
+        k, v = pair.split("=", 1)
+        assert api[k] == v, k
+
+
+# ---- proxy and the one nginx configuration -----------------------------------------------------
+
+def nginx_config(docs):
+    proxy = one(docs, "Deployment", "proxy")["spec"]["template"]["spec"]
+    c = proxy["containers"][0]
+    vol = volume(proxy, mounts(c)[CONTRACT["proxy"]["configDir"]])
+    return one(docs, "ConfigMap", vol["configMap"]["name"])
+
+
+def shipped_includes():
+    """The files nginx/nginx.conf includes from its own directory (globs excepted)."""
+    conf = (REPO / "nginx" / "nginx.conf").read_text()
+    names = re.findall(r"^\s*include\s+([^;\s]+)\s*;", conf, re.M)
+    return sorted(n for n in names if "*" not in n)
+
+
+def test_proxy_deployment(docs):
+    dep = one(docs, "Deployment", "proxy")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert dep["spec"]["replicas"] >= 2
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = c[probe]["httpGet"]
+        assert get["path"] == "/healthz" and port_number(c, get["port"]) == 8081, probe
+    assert "args" not in c, "the image's entrypoint and its -p /tmp/ -c /etc/nginx/nginx.conf"
+    svc = one(docs, "Service", "proxy")
+    assert labels_match({"matchLabels": svc["spec"]["selector"]}, dep["spec"]["template"]["metadata"]["labels"])
+    assert [port_number(c, p["targetPort"]) for p in svc["spec"]["ports"]] == [8080]
+    pdb = one(docs, "PodDisruptionBudget", "proxy")
+    assert labels_match(pdb["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
+
+
+def test_configmap_nginx_conf_is_byte_identical(docs):
+    cm = nginx_config(docs)
+    assert cm["data"]["nginx.conf"] == (REPO / "nginx" / "nginx.conf").read_text(), \
+        "nginx.conf is never edited for Kubernetes"
+    assert (REPO / "nginx" / "nginx.conf").read_bytes() == cm["data"]["nginx.conf"].encode()
+
+
+def test_configmap_has_every_include_and_nothing_else(docs):
+    cm = nginx_config(docs)
+    assert sorted(cm["data"]) == sorted(["nginx.conf", *shipped_includes()])
+    assert "binaryData" not in cm
+
+
+def test_overlays_replace_only_the_include_files_they_must(target, docs):
+    """Every file an overlay does not replace is byte-identical to nginx/; the
+    files an overlay replaces are exactly the ones it names, from its own
+    directory."""
+    cm = nginx_config(docs)
+    replaced = {}
+    if target.startswith("overlays/"):
+        overlay = K8S / target
+        for path in overlay.glob("*.conf"):
+            replaced[path.name] = path.read_text()
+    assert "nginx.conf" not in replaced and "upstream.conf" not in replaced
+    for name, content in cm["data"].items():
+        expected = replaced.get(name, (REPO / "nginx" / name).read_text())
+        assert content == expected, f"{name} in k8s/{target}"
+
+
+def test_upstream_is_the_api_service(docs):
+    cm = nginx_config(docs)
+    servers = re.findall(r"^\s*server\s+([^;\s]+)", cm["data"]["upstream.conf"], re.M)
+    assert servers == ["api:8000"]
+    svc = one(docs, "Service", "api")
+    proxy = one(docs, "Deployment", "proxy")
+    # Same namespace: the short name resolves through the pod's DNS search path.
+    assert svc["metadata"].get("namespace") == proxy["metadata"].get("namespace")
+    assert svc["spec"]["type"] == "ClusterIP" and svc["spec"].get("clusterIP") != "None", \
+        "nginx resolves once at start: the Service's address must be a stable ClusterIP"
+
+
+def test_listen_ports_match_the_container_ports(docs):
+    cm = nginx_config(docs)
+    c = one(docs, "Deployment", "proxy")["spec"]["template"]["spec"]["containers"][0]
+    listens = sorted(int(m) for m in re.findall(r"^\s*listen\s+(\d+)", cm["data"]["listen.conf"] + cm["data"]["status-listen.conf"], re.M))
+    assert listens == sorted(p["containerPort"] for p in c["ports"]) == [8080, 8081]
+
+
+def test_production_trusts_a_forwarded_client_address():
+    cm = nginx_config(render("overlays/production"))
+    conf = cm["data"]["real-ip.conf"]
+    assert re.search(r"^set_real_ip_from\s+\S+;", conf, re.M)
+    assert re.search(r"^real_ip_header\s+X-Forwarded-For;", conf, re.M)
+    assert re.search(r"^real_ip_recursive\s+on;", conf, re.M)
+    assert not re.search(r"^set_real_ip_from\s+(0\.0\.0\.0/0|::/0|all)\s*;", conf, re.M), "trust everybody = trust nobody's address"
+
+
+# ---- namespace, labels, services -----------------------------------------------------------------
+
+def test_namespace_and_pod_security(docs):
+    (ns,) = objects(docs, "Namespace")
+    assert ns["metadata"]["name"] == NAMESPACE
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for d in docs:
+        if d["kind"] not in CLUSTER_SCOPED:
+            assert d["metadata"].get("namespace") == NAMESPACE, (d["kind"], d["metadata"]["name"])
+        assert d["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "user-api", d["metadata"]["name"]
+
+
+def test_no_service_links(docs):
+    """Service links would put DB_PORT=tcp://… style variables into every pod."""
+    for d, spec in pods(docs):
+        assert spec.get("enableServiceLinks") is False, d["metadata"]["name"]
+
+
+def test_every_service_selects_pods_and_named_ports(docs):
+    templates = [(d["spec"]["template"]["metadata"]["labels"], spec) for d, spec in pods(docs)]
+    for svc in objects(docs, "Service"):
+        matched = [spec for labels, spec in templates if labels_match({"matchLabels": svc["spec"]["selector"]}, labels)]
+        assert len(matched) == 1, svc["metadata"]["name"]
+        for p in svc["spec"]["ports"]:
+            port_number(matched[0]["containers"][0], p["targetPort"])
+
+
+# ---- network policies --------------------------------------------------------------------------
+
+OUTSIDE = {"namespace": "elsewhere", "labels": {}}
+
+
+def policy_allows(policies, direction, pod, peer, port, peer_namespace_labels):
+    """Does any policy selecting `pod` allow `direction` traffic with `peer` on `port`?"""
+    key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    selecting = [p for p in policies if direction in p["spec"]["policyTypes"]
+                 and labels_match(p["spec"]["podSelector"], pod["labels"])]
+    if not selecting:
+        return True  # not isolated in that direction
+    for p in selecting:
+        for rule in p["spec"].get(key) or []:
+            ports = rule.get("ports")
+            if ports and not any(pp.get("port") == port[0] and pp.get("protocol", "TCP") == port[1] for pp in ports):
+                continue
+            peers = rule.get(peers_key)
+            if not peers:
+                return True
+            for sel in peers:
+                ns_sel, pod_sel = sel.get("namespaceSelector"), sel.get("podSelector")
+                if ns_sel is None and peer["namespace"] != NAMESPACE:
+                    continue
+                if ns_sel is not None and not labels_match(ns_sel, peer_namespace_labels):
+                    continue
+                if pod_sel is not None and not labels_match(pod_sel, peer["labels"]):
+                    continue
+                if "ipBlock" in sel:
+                    continue
+                return True
+    return False
+
+
+def flow(policies, src, dst, port):
+    ns_labels = lambda p: {"kubernetes.io/metadata.name": p["namespace"]}  # noqa: E731
+    ok_out = src["namespace"] != NAMESPACE or policy_allows(policies, "Egress", src, dst, port, ns_labels(dst))
+    ok_in = dst["namespace"] != NAMESPACE or policy_allows(policies, "Ingress", dst, src, port, ns_labels(src))
+    return ok_out and ok_in
+
+
+def test_network_policies(target, docs):
+    policies = objects(docs, "NetworkPolicy")
+    assert any(p["spec"]["podSelector"] == {} and sorted(p["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+               and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in policies), "default deny"
+    pod = {name: {"namespace": NAMESPACE, "labels": one(docs, kind, name)["spec"]["template"]["metadata"]["labels"]}
+           for kind, name in (("Deployment", "proxy"), ("Deployment", "api"), ("StatefulSet", "db"))}
+    dns = {"namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}}
+    ingress_controller = {"namespace": "ingress-nginx", "labels": {"app.kubernetes.io/name": "ingress-nginx"}}
+    tcp = lambda n: (n, "TCP")  # noqa: E731
+
+    assert flow(policies, pod["proxy"], pod["api"], tcp(8000))
+    assert flow(policies, pod["api"], pod["db"], tcp(3306))
+    for name in ("proxy", "api"):
+        assert flow(policies, pod[name], dns, (53, "UDP")) and flow(policies, pod[name], dns, tcp(53)), name
+    assert flow(policies, ingress_controller, pod["proxy"], tcp(8080))
+    if target == "overlays/production":
+        assert not flow(policies, OUTSIDE, pod["proxy"], tcp(8080)), "only the trusted hop reaches the proxy"
+    else:
+        assert flow(policies, OUTSIDE, pod["proxy"], tcp(8080))
+
+    denied = [
+        (pod["proxy"], pod["db"], tcp(3306)),     # as compose: the proxy cannot reach the db
+        (pod["proxy"], pod["api"], tcp(3306)),
+        (pod["api"], pod["proxy"], tcp(8080)),
+        (pod["db"], pod["api"], tcp(8000)),
+        (pod["db"], dns, (53, "UDP")),
+        (OUTSIDE, pod["api"], tcp(8000)),
+        (OUTSIDE, pod["db"], tcp(3306)),
+        (OUTSIDE, pod["proxy"], tcp(8081)),
+        (pod["api"], OUTSIDE, tcp(443)),
+        (pod["proxy"], OUTSIDE, tcp(80)),
+        (pod["db"], OUTSIDE, tcp(443)),
+    ]
+    for src, dst, port in denied:
+        assert not flow(policies, src, dst, port), (src, dst, port)
+
+
+def test_overlay_list():
+    assert OVERLAYS == ["local", "production"]
