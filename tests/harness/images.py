@@ -1,0 +1,487 @@
+"""The three images compose runs: stand-ins built from this machine's files, or the Nix ones.
+
+The stack is meant to run the images the Nix flake builds (``nix run .#load``). Where Nix cannot
+run (CI), :func:`build_stand_ins` builds **stand-ins** from this machine's own files: the release
+binary ``target/release/user-api``, Debian's nginx, busybox-static and MariaDB 10.11. They keep
+the runtime contract of their Nix twins, read from ``nix/contract.json`` (the one statement of
+it): user, entrypoint, cmd, exposed ports, env, stop signal, healthcheck, the nginx config
+directory and the db's data directory.
+
+Each stand-in is written as a docker-archive tarball of the format
+``dockerTools.streamLayeredImage`` writes (``<sha256>/layer.tar`` per layer, ``<sha256>.json``
+the image config, ``manifest.json`` naming both and the tag) and ``docker load``-ed, so the
+healthcheck, stop signal and the rest live in the image, as in the Nix image. Two layers, like
+the Nix ones: the binaries with every library ``ldd`` lists, then a customisation layer (users,
+config files, scripts, directories).
+
+:func:`check_present` is the other way round: it reads the config of images already loaded (the
+real Nix images) and lists every difference from the contract.
+
+Standard library only; needs the ``docker`` CLI, ``ldd`` and, for the stand-ins, Debian's
+``nginx``, ``busybox-static`` and ``mariadb-server`` packages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CONTRACT_FILE = REPO / "nix" / "contract.json"
+STAND_IN_LABEL = "io.github.user-api.stand-in"
+
+# Fixed timestamps: the same inputs give the same layers and the same image id.
+MTIME = 1
+CREATED = "1970-01-01T00:00:01+00:00"
+
+# Image healthcheck timings, as nix/images.nix sets them (compose overrides them anyway; they
+# matter for a plain `docker run`). Nanoseconds.
+_S = 1_000_000_000
+HEALTHCHECK_TIMINGS = {"Interval": 10 * _S, "Timeout": 5 * _S, "StartPeriod": 30 * _S, "Retries": 3}
+
+# Tools the db entrypoint, healthcheck.sh and mariadb-install-db call.
+DB_TOOLS = (
+    "cat chmod cp date dirname basename env head id ln ls mkdir mv od readlink rm sleep "
+    "stat sync timeout touch tr uname sed grep mawk"
+).split()
+DB_CLIENTS = ("mariadb", "mariadb-admin", "my_print_defaults", "resolveip")
+
+
+class ContractError(Exception):
+    """A loaded image does not match nix/contract.json."""
+
+
+def contract() -> dict:
+    data = json.loads(CONTRACT_FILE.read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def version() -> str:
+    """The image tag: Cargo.toml's package version."""
+    with open(REPO / "Cargo.toml", "rb") as f:
+        return tomllib.load(f)["package"]["version"]
+
+
+def refs() -> dict[str, str]:
+    """service -> the reference compose expects (``user-api:0.1.0`` ...)."""
+    v = version()
+    return {service: f"{c['image']}:{v}" for service, c in contract().items()}
+
+
+# ---- layers ------------------------------------------------------------------------------------
+
+def _in_root(path: str) -> str:
+    """A path inside the usr-merged root (Debian's layout): /bin, /sbin, /lib, /lib64 are links
+    into usr/, so every entry is written below usr/ (a layer must not write through a link)."""
+    parts = Path(path.lstrip("/")).parts
+    if parts and parts[0] in ("bin", "sbin", "lib", "lib64"):
+        parts = ("usr",) + parts
+    return "/".join(parts)
+
+
+@dataclass
+class _Entry:
+    kind: str  # "dir", "file", "link"
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    data: bytes | None = None
+    src: Path | None = None
+    target: str | None = None
+
+
+@dataclass
+class Layer:
+    """The entries of one layer tar; parents are created as needed (0755, root)."""
+
+    entries: dict[str, _Entry] = field(default_factory=dict)
+
+    def _parents(self, path: str):
+        parts = path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            p = "/".join(parts[:i])
+            self.entries.setdefault(p, _Entry("dir"))
+
+    def dir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0):
+        p = _in_root(path)
+        self._parents(p)
+        self.entries[p] = _Entry("dir", mode, uid, gid)
+
+    def file(self, path: str, *, src: Path | str | None = None, data: bytes | None = None,
+             mode: int = 0o644):
+        p = _in_root(path)
+        self._parents(p)
+        self.entries[p] = _Entry("file", mode, data=data, src=Path(src) if src else None)
+
+    def link(self, path: str, target: str):
+        p = path.lstrip("/")  # the usr-merge links themselves live at the top
+        if p not in ("bin", "sbin", "lib", "lib64"):
+            p = _in_root(path)
+        self._parents(p)
+        self.entries[p] = _Entry("link", 0o777, target=target)
+
+    def binary(self, src: str, dest: str | None = None):
+        """An executable (links resolved) at ``dest`` (default: its host path), with every shared
+        library it loads and the dynamic loader, at their host paths."""
+        self.file(dest or src, src=os.path.realpath(src), mode=0o755)
+        for lib in shared_libraries(src):
+            p = _in_root(lib)
+            if p not in self.entries:
+                self.file(lib, src=os.path.realpath(lib), mode=0o755)
+
+    def tree(self, src: str, dest: str | None = None):
+        """A host directory tree, files 0644 (0755 if executable), links kept."""
+        base = Path(src)
+        dest = dest or src
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel = Path(dirpath).relative_to(base)
+            self.dir(str(Path(dest) / rel))
+            for name in dirnames + filenames:
+                full = Path(dirpath) / name
+                target = str(Path(dest) / rel / name)
+                if full.is_symlink():
+                    self.link(target, os.readlink(full))
+                elif full.is_file():
+                    mode = 0o755 if os.access(full, os.X_OK) else 0o644
+                    self.file(target, src=full, mode=mode)
+
+    def write(self, fileobj):
+        with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(self.entries):
+                e = self.entries[path]
+                ti = tarfile.TarInfo(path)
+                ti.mtime, ti.mode, ti.uid, ti.gid = MTIME, e.mode, e.uid, e.gid
+                ti.uname = ti.gname = ""
+                if e.kind == "dir":
+                    ti.type = tarfile.DIRTYPE
+                    tar.addfile(ti)
+                elif e.kind == "link":
+                    ti.type, ti.linkname = tarfile.SYMTYPE, e.target
+                    tar.addfile(ti)
+                else:
+                    data = e.data if e.data is not None else e.src.read_bytes()
+                    ti.size = len(data)
+                    tar.addfile(ti, io.BytesIO(data))
+
+
+def shared_libraries(binary: str) -> list[str]:
+    """The absolute paths ``ldd`` lists (libraries and the loader); none for a static binary."""
+    r = subprocess.run(["ldd", binary], capture_output=True, text=True)
+    if r.returncode != 0:  # "not a dynamic executable"
+        return []
+    libs = []
+    for line in r.stdout.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[1] == "=>" and words[2].startswith("/"):
+            libs.append(words[2])
+        elif words and words[0].startswith("/"):
+            libs.append(words[0])
+    return libs
+
+
+def base_layer() -> Layer:
+    """An empty usr-merged root."""
+    layer = Layer()
+    for d in ("usr/bin", "usr/sbin", "usr/lib", "usr/lib64"):
+        layer.dir(d)
+    for name in ("bin", "sbin", "lib", "lib64"):
+        layer.link(name, f"usr/{name}")
+    return layer
+
+
+def users_layer(extra_users: dict[str, tuple[int, int, str]] | None = None) -> Layer:
+    """The customisation layer's common part: passwd/group (root, nobody, and extra users),
+    nsswitch.conf, /tmp 1777, /run and /var."""
+    layer = Layer()
+    users = {"root": (0, 0, "/root"), **(extra_users or {}), "nobody": (65534, 65534, "/nonexistent")}
+    groups = {"root": 0, **{n: g for n, (_, g, _) in (extra_users or {}).items()}, "nogroup": 65534}
+    layer.file("/etc/passwd", data="".join(
+        f"{n}:x:{u}:{g}:{n}:{h}:/sbin/nologin\n" for n, (u, g, h) in users.items()).encode())
+    layer.file("/etc/group", data="".join(f"{n}:x:{g}:\n" for n, g in groups.items()).encode())
+    layer.file("/etc/nsswitch.conf", data=b"passwd: files\ngroup: files\nhosts: files dns\n")
+    layer.dir("/tmp", 0o1777)
+    layer.dir("/run")
+    layer.dir("/var")
+    return layer
+
+
+# ---- the docker-archive ------------------------------------------------------------------------
+
+def write_archive(out: Path, ref: str, layers: list[Layer], config: dict) -> None:
+    """``out``: a docker-archive of ``layers`` (bottom first) with image ``config``, tagged
+    ``ref``; the layout dockerTools.streamLayeredImage writes."""
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp, tarfile.open(out, "w") as archive:
+        layer_paths, diff_ids = [], []
+        for i, layer in enumerate(layers):
+            tmp_tar = Path(tmp) / f"layer{i}.tar"
+            with open(tmp_tar, "wb") as f:
+                layer.write(f)
+            digest = _sha256_file(tmp_tar)
+            name = f"{digest}/layer.tar"
+            ti = archive.gettarinfo(str(tmp_tar), arcname=name)
+            ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = MTIME, 0, 0, "", ""
+            with open(tmp_tar, "rb") as f:
+                archive.addfile(ti, f)
+            layer_paths.append(name)
+            diff_ids.append(f"sha256:{digest}")
+        image = {
+            "created": CREATED,
+            "architecture": "amd64",
+            "os": "linux",
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": [{"created": CREATED, "comment": f"stand-in layer {i + 1}"}
+                        for i in range(len(layers))],
+        }
+        image_json = json.dumps(image, indent=4).encode()
+        config_name = f"{hashlib.sha256(image_json).hexdigest()}.json"
+        _add_bytes(archive, config_name, image_json)
+        manifest = [{"Config": config_name, "RepoTags": [ref], "Layers": layer_paths}]
+        _add_bytes(archive, "manifest.json", json.dumps(manifest, indent=4).encode())
+
+
+def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes):
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime = len(data), MTIME
+    archive.addfile(ti, io.BytesIO(data))
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def docker_load(archive: Path) -> None:
+    r = subprocess.run(["docker", "load", "-i", str(archive)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"docker load -i {archive} failed: {r.stderr.strip()}")
+
+
+# ---- the three stand-ins -----------------------------------------------------------------------
+
+def _config(c: dict, title: str, **extra) -> dict:
+    config = {
+        "User": c["user"],
+        "Entrypoint": c["entrypoint"],
+        "ExposedPorts": {p: {} for p in c["ports"]},
+        "Healthcheck": {"Test": c["healthcheck"], **HEALTHCHECK_TIMINGS},
+        "Labels": {
+            "org.opencontainers.image.title": title,
+            "org.opencontainers.image.version": version(),
+            STAND_IN_LABEL: "built by tests/harness/images.py from this machine's files",
+        },
+    }
+    if "cmd" in c:
+        config["Cmd"] = c["cmd"]
+    if "env" in c:
+        config["Env"] = list(c["env"])
+    if "stopSignal" in c:
+        config["StopSignal"] = c["stopSignal"]
+    config.update(extra)
+    return config
+
+
+def _require(path: str, package: str):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: install Debian's {package} package "
+                                f"(apt-get install {package})")
+
+
+def api_image(c: dict, api_bin: Path) -> tuple[list[Layer], dict]:
+    if not os.access(api_bin, os.X_OK):
+        raise FileNotFoundError(f"API binary {api_bin} not found: run `cargo build --release` "
+                                "first (or set E2E_API_BIN)")
+    libs = base_layer()
+    libs.binary(str(api_bin), c["entrypoint"][0])
+    return [libs, users_layer()], _config(c, "user-api (stand-in)")
+
+
+def proxy_image(c: dict) -> tuple[list[Layer], dict]:
+    _require("/usr/sbin/nginx", "nginx")
+    _require("/bin/busybox", "busybox-static")
+    nginx_bin, conf_dir = c["entrypoint"][0], c["configDir"]
+    wget = c["healthcheck"][1]
+    libs = base_layer()
+    libs.binary("/usr/sbin/nginx", nginx_bin)
+    libs.binary("/bin/busybox", "/bin/busybox")
+    custom = users_layer()
+    # busybox picks the applet from argv[0]: /bin/wget -> busybox is the wget applet.
+    custom.link(wget, "busybox")
+    # Every file of nginx/: nginx.conf includes the others from its own directory.
+    custom.dir(conf_dir)
+    for f in sorted((REPO / "nginx").glob("*.conf")):
+        custom.file(f"{conf_dir}/{f.name}", src=f)
+    return [libs, custom], _config(c, "user-api-proxy (stand-in)")
+
+
+def db_image(c: dict) -> tuple[list[Layer], dict]:
+    _require("/usr/sbin/mariadbd", "mariadb-server")
+    libs = base_layer()
+    libs.binary("/usr/bin/bash")
+    libs.binary("/usr/bin/dash", "/usr/bin/sh")
+    for tool in DB_TOOLS:
+        path = shutil.which(tool)
+        if not path:
+            raise FileNotFoundError(f"{tool} is not on PATH (needed in the db stand-in)")
+        libs.binary(path, f"/usr/bin/{tool}")
+    libs.link("/usr/bin/awk", "mawk")
+    libs.binary("/usr/sbin/mariadbd")
+    for client in DB_CLIENTS:
+        libs.binary(f"/usr/bin/{client}")
+    libs.file("/usr/bin/mariadb-install-db", src="/usr/bin/mariadb-install-db", mode=0o755)
+    libs.tree("/usr/share/mysql")
+    custom = users_layer({"mysql": (c["uid"], c["gid"], c["dataDir"])})
+    # The same two scripts the Nix image installs, under the names of the contract.
+    custom.file(c["entrypoint"][0], src=REPO / "db" / "entrypoint.sh", mode=0o755)
+    custom.file(f"/usr/bin/{c['healthcheck'][1]}", src=REPO / "db" / "healthcheck.sh", mode=0o755)
+    # Owned by mysql, so that a fresh named volume mounted there inherits the owner. No
+    # /run/mysqld: compose mounts a tmpfs there (see nix/images.nix for why it must not exist).
+    custom.dir(c["dataDir"], 0o750, c["uid"], c["gid"])
+    config = _config(c, "user-api-db (stand-in)",
+                     Env=["PATH=/usr/bin:/usr/sbin"], Volumes={c["dataDir"]: {}})
+    return [libs, custom], config
+
+
+def default_api_bin() -> Path:
+    if os.environ.get("E2E_API_BIN"):
+        return Path(os.environ["E2E_API_BIN"])
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    return target / "release" / "user-api"
+
+
+def build_stand_ins(api_bin: Path | None = None, workdir: Path | None = None) -> dict[str, str]:
+    """Builds and loads the three stand-ins; returns service -> reference."""
+    c, tags = contract(), refs()
+    builders = {
+        "api": lambda: api_image(c["api"], api_bin or default_api_bin()),
+        "proxy": lambda: proxy_image(c["proxy"]),
+        "db": lambda: db_image(c["db"]),
+    }
+    with tempfile.TemporaryDirectory(prefix="user-api-images.", dir=workdir) as tmp:
+        for service, build in builders.items():
+            layers, config = build()
+            archive = Path(tmp) / f"{service}.tar"
+            write_archive(archive, tags[service], layers, config)
+            docker_load(archive)
+    return tags
+
+
+def image_id(ref: str) -> str | None:
+    r = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref],
+                       capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def remove(ref_ids: dict[str, str]) -> None:
+    """Untags the images this run loaded: only while the tag still names the image loaded, and
+    never by force (an image another run's container uses stays)."""
+    for ref, loaded in ref_ids.items():
+        if image_id(ref) == loaded:
+            subprocess.run(["docker", "rmi", ref], capture_output=True)
+
+
+# ---- present images against the contract --------------------------------------------------------
+
+def inspect_config(ref: str) -> dict:
+    r = subprocess.run(["docker", "image", "inspect", ref], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ContractError(f"image {ref} is not loaded: {r.stderr.strip()} "
+                            "(load the Nix images with `nix run .#load`, or unset E2E_IMAGES to "
+                            "build stand-ins)")
+    return json.loads(r.stdout)[0]["Config"] or {}
+
+
+def differences(service: str, c: dict, config: dict) -> list[str]:
+    """Every way an image config differs from the service's contract (empty: none)."""
+    out = []
+
+    def want(key, expected, actual):
+        if expected != actual:
+            out.append(f"{service}: {key} is {actual!r}, the contract says {expected!r}")
+
+    want("User", c["user"], config.get("User"))
+    want("Entrypoint", c["entrypoint"], config.get("Entrypoint"))
+    if "cmd" in c:
+        want("Cmd", c["cmd"], config.get("Cmd"))
+    want("ExposedPorts", sorted(c["ports"]), sorted((config.get("ExposedPorts") or {}).keys()))
+    want("Healthcheck.Test", c["healthcheck"], (config.get("Healthcheck") or {}).get("Test"))
+    if "stopSignal" in c:
+        want("StopSignal", c["stopSignal"], config.get("StopSignal"))
+    env = config.get("Env") or []
+    for e in c.get("env", []):
+        if e not in env:
+            out.append(f"{service}: Env lacks {e!r} (has {env!r})")
+    if "dataDir" in c and c["dataDir"] not in (config.get("Volumes") or {}):
+        out.append(f"{service}: Volumes lacks {c['dataDir']!r}")
+    labels = config.get("Labels") or {}
+    if STAND_IN_LABEL in labels:
+        out.append(f"{service}: this is a stand-in image ({labels[STAND_IN_LABEL]}), "
+                   "not the Nix-built one")
+    return out
+
+
+def file_differences(service: str, c: dict, ref: str) -> list[str]:
+    """Files the contract puts in the image: the proxy's config directory holds every
+    nginx/*.conf of this checkout, byte for byte."""
+    if "configDir" not in c:
+        return []
+    out = []
+    created = subprocess.run(["docker", "create", "--pull", "never", ref], capture_output=True,
+                             text=True)
+    if created.returncode != 0:
+        return [f"{service}: docker create {ref} failed: {created.stderr.strip()}"]
+    cid = created.stdout.strip()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cp = subprocess.run(["docker", "cp", "-L", f"{cid}:{c['configDir']}/.", tmp],
+                                capture_output=True, text=True)
+            if cp.returncode != 0:
+                return [f"{service}: no {c['configDir']} in {ref}: {cp.stderr.strip()}"]
+            for f in sorted((REPO / "nginx").glob("*.conf")):
+                got = Path(tmp) / f.name
+                if not got.is_file():
+                    out.append(f"{service}: {c['configDir']}/{f.name} is missing from {ref}")
+                elif got.read_bytes() != f.read_bytes():
+                    out.append(f"{service}: {c['configDir']}/{f.name} in {ref} differs from "
+                               f"nginx/{f.name}")
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+    return out
+
+
+def check_present() -> dict[str, str]:
+    """The loaded images against nix/contract.json; raises ContractError listing every
+    difference. Returns service -> reference."""
+    c, tags, problems = contract(), refs(), []
+    for service, ref in tags.items():
+        try:
+            problems += differences(service, c[service], inspect_config(ref))
+            problems += file_differences(service, c[service], ref)
+        except ContractError as e:
+            problems.append(str(e))
+    if problems:
+        raise ContractError("the loaded images do not match nix/contract.json:\n  "
+                            + "\n  ".join(problems))
+    return tags
+
+
+def describe(ref: str) -> str:
+    """``ref`` with its id and size, for the test report."""
+    r = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}} {{.Size}}", ref],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"{ref} (not loaded)"
+    iid, size = r.stdout.split()
+    return f"{ref} {iid[7:19]} {int(size) / 1e6:.0f} MB"
