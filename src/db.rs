@@ -2,6 +2,8 @@
 //! users table's queries.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rocket::figment::Figment;
@@ -24,6 +26,68 @@ pub struct Db(UserPool);
 pub struct UserPool {
     pool: MySqlPool,
     query_timeout: Duration,
+    reachability: Arc<Reachability>,
+}
+
+/// How often a database known to be down is tried again.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Whether the database is known to be down. sqlx retries a refused
+/// connection until the acquire timeout, so without this every request
+/// would wait that long for its 503 while the database is away. Once an
+/// attempt to reach it has failed, requests get their 503 at once, and one
+/// background probe connects every [`PROBE_INTERVAL`] until the database
+/// answers again. (No pool or circuit-breaker crate fits between
+/// rocket_db_pools and sqlx; this is the whole of it.)
+struct Reachability {
+    down: AtomicBool,
+    options: MySqlConnectOptions,
+    connect_timeout: Duration,
+}
+
+impl Reachability {
+    fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    fn mark_down(self: &Arc<Self>, pool: &MySqlPool, reason: &sqlx::Error) {
+        if self.down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        log::warn(&format!(
+            "database unreachable ({reason}): answering 503 at once until it answers again"
+        ));
+        let (this, pool) = (self.clone(), pool.clone());
+        tokio::spawn(async move { this.probe_until_up(pool).await });
+    }
+
+    async fn probe_until_up(&self, pool: MySqlPool) {
+        let started = Instant::now();
+        while !pool.is_closed() {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+            if self.answers().await {
+                self.down.store(false, Ordering::Release);
+                log::info(&format!(
+                    "database reachable again after {:.1?}",
+                    started.elapsed()
+                ));
+                return;
+            }
+        }
+    }
+
+    /// A fresh connection that answers `SELECT 1`, within the connect timeout.
+    async fn answers(&self) -> bool {
+        let attempt = async {
+            let mut connection = self.options.connect().await?;
+            sqlx::query("SELECT 1").execute(&mut connection).await?;
+            connection.close().await
+        };
+        matches!(
+            tokio::time::timeout(self.connect_timeout, attempt).await,
+            Ok(Ok(()))
+        )
+    }
 }
 
 /// Why the pool could not start; its text is safe to log.
@@ -76,7 +140,7 @@ async fn start(figment: &Figment) -> Result<UserPool, String> {
         .min_connections(settings.min_connections.min(settings.max_connections))
         .acquire_timeout(settings.connect_timeout())
         .idle_timeout(Some(settings.idle_timeout()).filter(|d| !d.is_zero()))
-        .connect_lazy_with(options);
+        .connect_lazy_with(options.clone());
     // Two replicas starting together are fine: the migrator holds a
     // server-side GET_LOCK while it applies migrations.
     MIGRATOR
@@ -87,6 +151,11 @@ async fn start(figment: &Figment) -> Result<UserPool, String> {
     Ok(UserPool {
         pool,
         query_timeout: settings.query_timeout(),
+        reachability: Arc::new(Reachability {
+            down: AtomicBool::new(false),
+            options,
+            connect_timeout: settings.connect_timeout(),
+        }),
     })
 }
 
@@ -132,21 +201,41 @@ impl UserPool {
         self.pool.close().await;
     }
 
-    /// A pooled connection within the acquire timeout: when this fails,
-    /// nothing was sent, so the client may simply retry.
-    async fn connection(&self) -> Result<PoolConnection<MySql>, ApiError> {
-        Ok(self.pool.acquire().await?)
+    /// A pooled connection, and the deadline of the whole database call
+    /// (the query timeout, the wait for the connection included). When this
+    /// fails nothing was sent, so the client may simply retry.
+    async fn connection(&self) -> Result<(PoolConnection<MySql>, Instant), ApiError> {
+        let deadline = Instant::now() + self.query_timeout;
+        if self.reachability.is_down() {
+            return Err(ApiError::database_unavailable());
+        }
+        let acquired = tokio::time::timeout_at(deadline.into(), self.pool.acquire()).await;
+        match acquired {
+            Ok(Ok(connection)) => Ok((connection, deadline)),
+            Ok(Err(e)) => {
+                if !matches!(e, sqlx::Error::PoolClosed) {
+                    self.reachability.mark_down(&self.pool, &e);
+                }
+                Err(e.into())
+            }
+            Err(_) => {
+                self.reachability
+                    .mark_down(&self.pool, &sqlx::Error::PoolTimedOut);
+                Err(ApiError::database_unavailable())
+            }
+        }
     }
 
-    /// Bounds a statement once sent: a server that stalls mid-query yields a
-    /// 503 too, never a hung request. Then, as when the connection drops
-    /// under it, the outcome is unknown (a write may still land), and the
-    /// error says so.
+    /// Bounds a statement once sent, by the call's deadline: a server that
+    /// stalls mid-query yields a 503 too, never a hung request. Then, as
+    /// when the connection drops under it, the outcome is unknown (a write
+    /// may still land), and the error says so.
     async fn bounded<T>(
         &self,
+        deadline: Instant,
         statement: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<Result<T, sqlx::Error>, ApiError> {
-        match tokio::time::timeout(self.query_timeout, statement).await {
+        match tokio::time::timeout_at(deadline.into(), statement).await {
             Err(_) => Err(ApiError::database_interrupted()),
             Ok(Err(e)) if ApiError::is_interruption(&e) => Err(ApiError::database_interrupted()),
             Ok(result) => Ok(result),
@@ -156,12 +245,12 @@ impl UserPool {
     /// Relies on the primary key, not on a read first: of many concurrent
     /// creates of one id exactly one succeeds.
     pub async fn create(&self, user: &User) -> Result<(), ApiError> {
-        let mut connection = self.connection().await?;
+        let (mut connection, deadline) = self.connection().await?;
         let insert = sqlx::query("INSERT INTO users (userid, username) VALUES (?, ?)")
             .bind(user.userid.get())
             .bind(user.username.as_str())
             .execute(&mut *connection);
-        match self.bounded(insert).await? {
+        match self.bounded(deadline, insert).await? {
             Ok(_) => Ok(()),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 Err(ApiError::user_exists())
@@ -171,34 +260,34 @@ impl UserPool {
     }
 
     pub async fn find(&self, userid: UserId) -> Result<Option<User>, ApiError> {
-        let mut connection = self.connection().await?;
+        let (mut connection, deadline) = self.connection().await?;
         let select = sqlx::query_as::<_, (u32, String)>(
             "SELECT userid, username FROM users WHERE userid = ?",
         )
         .bind(userid.get())
         .fetch_optional(&mut *connection);
-        Ok(self.bounded(select).await??.map(user_from_row))
+        Ok(self.bounded(deadline, select).await??.map(user_from_row))
     }
 
     /// `false` when no such user exists.
     pub async fn rename(&self, userid: UserId, username: &UserName) -> Result<bool, ApiError> {
-        let mut connection = self.connection().await?;
+        let (mut connection, deadline) = self.connection().await?;
         // The connection sets CLIENT_FOUND_ROWS: an unchanged name still
         // counts as a matched row.
         let update = sqlx::query("UPDATE users SET username = ? WHERE userid = ?")
             .bind(username.as_str())
             .bind(userid.get())
             .execute(&mut *connection);
-        Ok(self.bounded(update).await??.rows_affected() > 0)
+        Ok(self.bounded(deadline, update).await??.rows_affected() > 0)
     }
 
     /// `false` when no such user exists.
     pub async fn delete(&self, userid: UserId) -> Result<bool, ApiError> {
-        let mut connection = self.connection().await?;
+        let (mut connection, deadline) = self.connection().await?;
         let delete = sqlx::query("DELETE FROM users WHERE userid = ?")
             .bind(userid.get())
             .execute(&mut *connection);
-        Ok(self.bounded(delete).await??.rows_affected() > 0)
+        Ok(self.bounded(deadline, delete).await??.rows_affected() > 0)
     }
 
     /// One page in userid order after `after`, and the cursor of the next
@@ -208,7 +297,7 @@ impl UserPool {
         after: Option<UserId>,
         size: PageSize,
     ) -> Result<(Vec<User>, Option<UserId>), ApiError> {
-        let mut connection = self.connection().await?;
+        let (mut connection, deadline) = self.connection().await?;
         let select = sqlx::query_as::<_, (u32, String)>(
             "SELECT userid, username FROM users WHERE userid > ? ORDER BY userid LIMIT ?",
         )
@@ -216,7 +305,7 @@ impl UserPool {
         .bind(u32::from(size.get()) + 1)
         .fetch_all(&mut *connection);
         let mut users: Vec<User> = self
-            .bounded(select)
+            .bounded(deadline, select)
             .await??
             .into_iter()
             .map(user_from_row)
@@ -232,10 +321,25 @@ impl UserPool {
 
     /// Readiness: the database answers `SELECT 1` within `within`.
     pub async fn ping(&self, within: Duration) -> Result<(), ApiError> {
-        let select = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool);
-        match tokio::time::timeout(within, select).await {
+        if self.reachability.is_down() {
+            return Err(ApiError::database_unavailable());
+        }
+        let ping = async {
+            let mut connection = self.pool.acquire().await?;
+            sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(&mut *connection)
+                .await
+        };
+        match tokio::time::timeout(within, ping).await {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(ApiError::database_unavailable()),
+            Ok(Err(e)) => {
+                if !matches!(e, sqlx::Error::PoolClosed) {
+                    self.reachability.mark_down(&self.pool, &e);
+                }
+                Err(ApiError::database_unavailable())
+            }
+            // A slow answer is not yet a lost database: requests decide that.
+            Err(_) => Err(ApiError::database_unavailable()),
         }
     }
 }

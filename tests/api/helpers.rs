@@ -1,12 +1,13 @@
-//! Test support: a real MariaDB (a throwaway `mariadbd` from PATH unless
-//! `TEST_DATABASE_URL` names one), a fresh database per test, the app served
-//! in-process or as the real binary, and a tiny HTTP/1.1 client over TCP.
+//! Test support: a real MariaDB (a throwaway server from the project's test
+//! harness unless `TEST_DATABASE_URL` names one), a fresh database per test,
+//! nginx with the shipped config, the app served in-process or as the real
+//! binary, and a tiny HTTP/1.1 client over TCP.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -18,15 +19,96 @@ use sqlx::Connection;
 use sqlx::mysql::MySqlConnection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+// ------------------------------------------------------------ the harness
+
+/// The project's test tooling lives in one place, the Python package
+/// `tests/harness` (also used by the sweep, the benchmark and the e2e
+/// tests); these tests drive it through `python3 -m harness`. A harness
+/// process prints one JSON line when its server is ready, then takes
+/// commands on stdin; when its stdin closes (the test is done, or the test
+/// process died) it stops the server and removes its files, so nothing
+/// outlives a crashed test run.
+struct Harness {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Harness {
+    fn command(args: &[&str]) -> Command {
+        let mut command = Command::new("python3");
+        command
+            .arg("-m")
+            .arg("harness")
+            .args(args)
+            .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/tests"));
+        command
+    }
+
+    /// Starts `python3 -m harness <args>` and waits for its ready line.
+    fn spawn(args: &[&str]) -> (Harness, Value) {
+        let mut child = Harness::command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs (the test harness needs it)");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut harness = Harness {
+            child,
+            stdin,
+            stdout,
+        };
+        let ready = harness
+            .read_line()
+            .unwrap_or_else(|| panic!("python3 -m harness {args:?} failed (its error is above)"));
+        (harness, ready)
+    }
+
+    fn read_line(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).ok()?;
+        serde_json::from_str(&line).ok()
+    }
+
+    /// Sends one command and returns its answer; panics on an error answer.
+    fn send(&mut self, command: &str) -> Value {
+        let stdin = self.stdin.as_mut().expect("the harness is running");
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+        let answer = self.read_line().expect("the harness answers");
+        if let Some(error) = answer.get("error") {
+            panic!("{error}\n{}", answer["log"].as_str().unwrap_or(""));
+        }
+        answer
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let output = Harness::command(&["free-port"])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("the harness prints a port")
+}
+
 // ---------------------------------------------------------------- MariaDB
 
 /// A MariaDB server reachable as root without a password on 127.0.0.1.
 pub struct Server {
     pub port: u16,
-    dir: Option<PathBuf>,
-    /// Closing the wrapper's stdin stops mariadbd: the pipe also closes when
-    /// the test process dies, so no server outlives a crashed test run.
-    running: Option<(Child, ChildStdin)>,
+    harness: Option<Harness>,
     external_url: Option<String>,
 }
 
@@ -38,37 +120,32 @@ pub fn shared_server() -> &'static Server {
     SHARED.get_or_init(|| match std::env::var("TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Server {
             port: 0,
-            dir: None,
-            running: None,
+            harness: None,
             external_url: Some(url.trim_end_matches('/').to_owned()),
         },
-        _ => Server::start_throwaway(true),
+        _ => Server::start_dedicated(),
     })
 }
 
 impl Server {
-    /// A server of the test's own, to stop and restart at will.
+    /// A throwaway server of the test's own, to stop and restart at will.
     pub fn start_dedicated() -> Server {
-        Server::start_throwaway(false)
+        Server::launch(&["mariadb"])
     }
 
-    /// A dedicated server that will listen on `port` once [`Server::resume`]
-    /// is called: for tests of what happens before the database exists.
-    pub fn prepare_on(port: u16) -> Server {
-        let dir = unique_temp_dir("mariadb");
-        install(&dir);
+    /// A server that listens only once [`Server::resume`] is called: for
+    /// tests of what happens before the database exists.
+    pub fn prepare() -> Server {
+        Server::launch(&["mariadb", "--no-start"])
+    }
+
+    fn launch(args: &[&str]) -> Server {
+        let (harness, ready) = Harness::spawn(args);
         Server {
-            port,
-            dir: Some(dir),
-            running: None,
+            port: ready["port"].as_u64().expect("a port") as u16,
+            harness: Some(harness),
             external_url: None,
         }
-    }
-
-    fn start_throwaway(remove_on_exit: bool) -> Server {
-        let mut server = Server::prepare_on(free_port());
-        server.launch(remove_on_exit);
-        server
     }
 
     pub fn admin_url(&self) -> String {
@@ -78,148 +155,36 @@ impl Server {
         }
     }
 
-    fn launch(&mut self, remove_on_exit: bool) {
-        let dir = self
-            .dir
-            .clone()
-            .expect("only throwaway servers can be started");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("server.log"))
-            .unwrap();
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(
-                r#""$@" & pid=$!
-                   read -r _ || true
-                   kill "$pid" 2>/dev/null; wait "$pid"
-                   if [ -n "$REMOVE_DIR" ]; then rm -rf "$REMOVE_DIR"; fi"#,
-            )
-            .arg("sh")
-            .arg(program("mariadbd"))
-            .args(server_args(&dir, self.port))
-            .env(
-                "REMOVE_DIR",
-                if remove_on_exit {
-                    dir.as_os_str()
-                } else {
-                    "".as_ref()
-                },
-            )
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("sh runs");
-        let stdin = child.stdin.take().unwrap();
-        self.running = Some((child, stdin));
-        wait_for_port(self.port, Duration::from_secs(60)).unwrap_or_else(|e| {
-            panic!(
-                "mariadbd did not start: {e}; see {}",
-                dir.join("server.log").display()
-            )
-        });
+    fn send(&mut self, command: &str) {
+        self.harness
+            .as_mut()
+            .expect("only throwaway servers can be stopped and started")
+            .send(command);
     }
 
     /// Stops the server (a clean shutdown, like a container stop).
     pub fn stop(&mut self) {
-        if let Some((mut child, stdin)) = self.running.take() {
-            drop(stdin);
-            let _ = child.wait();
-        }
+        self.send("stop");
+    }
+
+    /// SIGKILL: InnoDB recovers on the next start.
+    pub fn crash(&mut self) {
+        self.send("crash");
+    }
+
+    /// SIGSTOP: the port still accepts connections, nothing answers.
+    pub fn pause(&mut self) {
+        self.send("pause");
+    }
+
+    pub fn unpause(&mut self) {
+        self.send("unpause");
     }
 
     /// Starts it again on the same port and data directory.
     pub fn resume(&mut self) {
-        self.launch(false);
+        self.send("start");
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-/// A server program by name: PATH first, then the sbin directories that a
-/// non-root PATH often lacks (Debian installs mariadbd and nginx there).
-pub fn program(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("{name} is not installed (apt-get install mariadb-server nginx)"))
-}
-
-fn install(dir: &Path) {
-    let output = Command::new(program("mariadb-install-db"))
-        .arg("--no-defaults")
-        .arg(format!("--datadir={}", dir.join("data").display()))
-        .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-        .args(run_as_root_flag())
-        .output()
-        .expect("mariadb-install-db runs");
-    assert!(
-        output.status.success(),
-        "mariadb-install-db failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn server_args(dir: &Path, port: u16) -> Vec<String> {
-    vec![
-        "--no-defaults".into(),
-        format!("--datadir={}", dir.join("data").display()),
-        format!("--socket={}", dir.join("mysqld.sock").display()),
-        format!("--pid-file={}", dir.join("mysqld.pid").display()),
-        format!("--port={port}"),
-        "--bind-address=127.0.0.1".into(),
-        "--skip-log-bin".into(),
-        "--innodb-buffer-pool-size=64M".into(),
-        // Tests need crash-consistency of nothing: skip the fsync per commit.
-        "--innodb-flush-log-at-trx-commit=2".into(),
-        "--max-connections=500".into(),
-    ]
-    .into_iter()
-    .chain(run_as_root_flag())
-    .collect()
-}
-
-/// mariadbd refuses to run as root unless told to (CI runs as root); as any
-/// other user the flag would make mariadb-install-db try to chown and fail.
-fn run_as_root_flag() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective_uid = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1));
-    (effective_uid == Some("0")).then(|| "--user=root".to_owned())
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn wait_for_port(port: u16, within: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!(
-        "nothing listens on 127.0.0.1:{port} after {within:?}"
-    ))
 }
 
 pub fn unique_temp_dir(what: &str) -> PathBuf {
@@ -231,6 +196,72 @@ pub fn unique_temp_dir(what: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+// ------------------------------------------------------------------ nginx
+
+/// The project's nginx.conf, unchanged, in front of `upstream`, on free
+/// loopback ports (the harness writes the instance's include files).
+pub struct Nginx {
+    pub public: SocketAddr,
+    pub status: SocketAddr,
+    pub dir: PathBuf,
+    _harness: Harness,
+}
+
+impl Nginx {
+    /// `files`: include files that replace the shipped ones, by name.
+    pub fn start(upstream: SocketAddr, files: &[(&str, &str)]) -> Nginx {
+        let upstream = upstream.to_string();
+        let mut args = vec!["nginx".to_owned(), "--upstream".to_owned(), upstream];
+        let scratch = unique_temp_dir("nginx-files");
+        for (name, contents) in files {
+            let path = scratch.join(name);
+            std::fs::write(&path, contents).unwrap();
+            args.push("--file".into());
+            args.push(format!("{name}={}", path.display()));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (harness, ready) = Harness::spawn(&args);
+        let _ = std::fs::remove_dir_all(&scratch);
+        let port = |key: &str| ready[key].as_u64().expect("a port") as u16;
+        Nginx {
+            public: SocketAddr::from(([127, 0, 0, 1], port("port"))),
+            status: SocketAddr::from(([127, 0, 0, 1], port("status_port"))),
+            dir: PathBuf::from(ready["dir"].as_str().expect("a directory")),
+            _harness: harness,
+        }
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// Every complete access log line so far, each a JSON object.
+    pub fn access_log(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+        // Only lines with their '\n': a write may be in progress.
+        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        complete
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("access log line is not JSON ({e}): {line}"))
+            })
+            .collect()
+    }
+}
+
+/// `nginx -t` of the shipped configuration: (success, stderr).
+pub fn nginx_check() -> (bool, String) {
+    let output = Harness::command(&["nginx-check"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// A fresh, empty database on a server; dropped with the value.

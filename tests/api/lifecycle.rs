@@ -14,8 +14,8 @@ use crate::helpers::{
 
 #[tokio::test(flavor = "multi_thread")]
 async fn startup_waits_for_a_late_database() {
-    let port = free_port();
-    let mut server = Server::prepare_on(port);
+    let mut server = Server::prepare();
+    let port = server.port;
     let url = format!("mysql://root@127.0.0.1:{port}/mysql");
     let mut api = ApiProcess::spawn(&[("DATABASE_URL", &url)]);
 

@@ -8,5 +8,6 @@ mod faults;
 mod legacy;
 mod lifecycle;
 mod openapi;
+mod outages;
 mod proxy;
 mod resource;

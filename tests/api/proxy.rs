@@ -5,8 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,39 +12,19 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    ApiProcess, HttpResponse, TestDb, free_port, get, post_json, program, request, shared_server,
-    unique_temp_dir,
+    ApiProcess, HttpResponse, Nginx, TestDb, get, nginx_check, post_json, request, shared_server,
 };
-
-const NGINX_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/nginx/nginx.conf");
 
 // ------------------------------------------------------------ the proxy
 
-/// A private nginx running the project's nginx.conf.
-///
-/// The copy in the temp dir is byte-identical to nginx/nginx.conf except for
-/// four textual substitutions, because tests run in parallel (one nginx per
-/// test) and the shipped file fixes what parallel instances would fight over:
-///
-/// - `listen 8080` and `listen 8081` become `listen 127.0.0.1:<free port>`:
-///   two instances cannot bind the same ports (and other programs on this
-///   machine may hold 8080/8081);
-/// - `/tmp/nginx` becomes `<tmpdir>/nginx`: the pid file and the five temp
-///   directories would otherwise be shared (each instance overwrites and, at
-///   exit, removes `/tmp/nginx.pid`);
-/// - `/dev/stdout` becomes `<tmpdir>/access.log`: the JSON access log as a
-///   file the test can read.
-///
-/// Each substitution panics if its pattern is gone, so a change to those
-/// lines in nginx.conf fails here loudly instead of silently testing
-/// something else. `upstream.conf` (the only file meant to differ) is written
-/// next to the copy, and so are any `extra_files` (the documented
-/// `rate_limit_exempt*.conf` hook).
+/// A private nginx running the project's nginx.conf, unchanged: the harness
+/// (tests/harness/nginx.py) gives each instance its own directory with the
+/// include files nginx.conf reads next to it (free loopback ports, this
+/// test's upstream, the access log as a file), so tests run in parallel.
 struct Proxy {
-    dir: PathBuf,
+    nginx: Nginx,
     public: SocketAddr,
     status: SocketAddr,
-    child: Child,
 }
 
 impl Proxy {
@@ -54,117 +32,24 @@ impl Proxy {
         Proxy::start_with(upstream, &[]).await
     }
 
-    async fn start_with(upstream: SocketAddr, extra_files: &[(&str, &str)]) -> Proxy {
-        // free_port() only finds a port that is free now: another test (or a
-        // container) may take it before nginx binds it. Retry on that only.
-        let mut attempt = 1;
-        loop {
-            match Proxy::try_start(upstream, extra_files).await {
-                Ok(proxy) => return proxy,
-                Err(stderr) if stderr.contains("Address already in use") && attempt < 3 => {
-                    attempt += 1;
-                }
-                Err(stderr) => panic!("nginx did not start:\n{stderr}"),
-            }
-        }
-    }
-
-    async fn try_start(
-        upstream: SocketAddr,
-        extra_files: &[(&str, &str)],
-    ) -> Result<Proxy, String> {
-        let dir = unique_temp_dir("nginx");
-        let (public_port, status_port) = (free_port(), free_port());
-        let shipped = std::fs::read_to_string(NGINX_CONF).unwrap();
-        let prefix = format!("{}/nginx", dir.display());
-        let access_log = dir.join("access.log");
-        let config = rewrite(
-            &shipped,
-            "listen 8080",
-            &format!("listen 127.0.0.1:{public_port}"),
-        );
-        let config = rewrite(
-            &config,
-            "listen 8081",
-            &format!("listen 127.0.0.1:{status_port}"),
-        );
-        let config = rewrite(&config, "/tmp/nginx", &prefix);
-        let config = rewrite(&config, "/dev/stdout", &access_log.display().to_string());
-        std::fs::write(dir.join("nginx.conf"), config).unwrap();
-        std::fs::write(dir.join("upstream.conf"), format!("server {upstream};\n")).unwrap();
-        for (name, contents) in extra_files {
-            std::fs::write(dir.join(name), contents).unwrap();
-        }
-        let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
-        let mut child = Command::new(program("nginx"))
-            .arg("-e")
-            .arg("stderr")
-            .arg("-p")
-            .arg(format!("{}/", dir.display()))
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("nginx runs");
-        let proxy_stderr = || std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-        let public = SocketAddr::from(([127, 0, 0, 1], public_port));
-        let status = SocketAddr::from(([127, 0, 0, 1], status_port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(exit)) = child.try_wait() {
-                let stderr = proxy_stderr();
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(format!("nginx exited ({exit}):\n{stderr}"));
-            }
-            // The status listener is not rate limited: probe that one over
-            // HTTP (stub_status: surely this nginx, not whatever else might
-            // have grabbed the port); the public one only by connecting (no
-            // request, so no token is taken from the rate limit under test).
-            if let Ok(r) = get(status, "/nginx_status").await
-                && r.status == 200
-                && r.body.starts_with("Active connections:")
-                && tokio::net::TcpStream::connect(public).await.is_ok()
-            {
-                return Ok(Proxy {
-                    dir,
-                    public,
-                    status,
-                    child,
-                });
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "nginx not answering after 10 s:\n{}",
-                    proxy_stderr()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    async fn start_with(upstream: SocketAddr, files: &[(&str, &str)]) -> Proxy {
+        let nginx = tokio::task::block_in_place(|| Nginx::start(upstream, files));
+        Proxy {
+            public: nginx.public,
+            status: nginx.status,
+            nginx,
         }
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+        self.nginx.error_log()
     }
 
-    /// Every complete access log line so far, each a JSON object.
     fn access_log(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
-        // Only lines with their '\n': a write may be in progress.
-        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
-        complete
-            .lines()
-            .map(|line| {
-                serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("access log line is not JSON ({e}): {line}"))
-            })
-            .collect()
+        self.nginx.access_log()
     }
 
-    /// The access log entry of a request: lines are buffered (flush=1s).
+    /// The access log entry of a request.
     async fn log_entry(&self, request_id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -181,41 +66,6 @@ impl Proxy {
                 self.access_log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// Replaces every occurrence of `from`, which must occur.
-fn rewrite(config: &str, from: &str, to: &str) -> String {
-    assert!(
-        config.contains(from),
-        "nginx/nginx.conf no longer contains {from:?}: the test harness in \
-         tests/api/proxy.rs rewrites it and must be updated"
-    );
-    config.replace(from, to)
-}
-
-impl Drop for Proxy {
-    /// SIGQUIT (graceful stop, as the README says), SIGKILL if it lingers.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-QUIT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("nginx files kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
@@ -444,65 +294,13 @@ fn is_hex_id(id: &str) -> bool {
 
 #[test]
 fn the_shipped_config_passes_nginx_t() {
-    let dir = unique_temp_dir("nginx-t");
-    std::fs::copy(NGINX_CONF, dir.join("nginx.conf")).unwrap();
-    std::fs::write(
-        dir.join("upstream.conf"),
-        format!("server 127.0.0.1:{};\n", free_port()),
-    )
-    .unwrap();
-    // `nginx -t` creates the temp directories (fine: mkdir of an existing
-    // one is accepted) and opens the pid file for writing without
-    // truncating it; a running nginx's pid file is left intact. As root
-    // that always works; as another user it fails if some other uid left a
-    // /tmp/nginx.pid behind. Then check a copy with only that path moved.
-    let pid_file = Path::new("/tmp/nginx.pid");
-    let pid_file_existed = pid_file.exists();
-    let new_temp_dirs: Vec<PathBuf> = ["client-body", "proxy", "fastcgi", "uwsgi", "scgi"]
-        .iter()
-        .map(|name| PathBuf::from(format!("/tmp/nginx-{name}")))
-        .filter(|dir| !dir.exists())
-        .collect();
-    if pid_file_existed && let Err(e) = std::fs::OpenOptions::new().append(true).open(pid_file) {
-        eprintln!(
-            "{} is not writable here ({e}); checking the config with the \
-             pid and temp paths moved to {}",
-            pid_file.display(),
-            dir.display()
-        );
-        let shipped = std::fs::read_to_string(NGINX_CONF).unwrap();
-        let moved = rewrite(&shipped, "/tmp/nginx", &format!("{}/nginx", dir.display()));
-        std::fs::write(dir.join("nginx.conf"), moved).unwrap();
-    }
-    // stdout must be a pipe of ours: nginx -t opens /dev/stdout (the log).
-    let output = Command::new(program("nginx"))
-        .arg("-t")
-        .arg("-e")
-        .arg("stderr")
-        .arg("-p")
-        .arg(format!("{}/", dir.display()))
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("nginx runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    // Leave nothing behind that was not there: a root-owned empty pid file
-    // would fail a later non-root run (empty directories are harmless, but
-    // go too).
-    if !pid_file_existed && std::fs::metadata(pid_file).is_ok_and(|m| m.len() == 0) {
-        let _ = std::fs::remove_file(pid_file);
-    }
-    for dir in new_temp_dirs {
-        let _ = std::fs::remove_dir(dir);
-    }
-    assert!(output.status.success(), "nginx -t failed:\n{stderr}");
+    let (ok, stderr) = nginx_check();
+    assert!(ok, "nginx -t failed:\n{stderr}");
     assert!(stderr.contains("syntax is ok"), "{stderr}");
     assert!(stderr.contains("test is successful"), "{stderr}");
     for level in ["[warn]", "[emerg]", "[alert]", "[crit]", "[error]"] {
         assert!(!stderr.contains(level), "{stderr}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -567,7 +365,7 @@ async fn the_seed_journey_works_through_the_proxy() {
         entry["upstream_addr"],
         stack.api.addr().to_string().as_str()
     );
-    let raw_log = std::fs::read_to_string(stack.proxy.dir.join("access.log")).unwrap();
+    let raw_log = std::fs::read_to_string(stack.proxy.nginx.dir.join("access.log")).unwrap();
     assert!(!raw_log.contains("John"), "{raw_log}");
 }
 

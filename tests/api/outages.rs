@@ -1,0 +1,140 @@
+//! The bounds the README promises while the database is away, with the
+//! default timeouts: every request answered, a JSON 503 within 3.5 s, within
+//! 0.1 s once the API knows the database is down, and service back within
+//! 5 s of the database answering again. (Correctness bounds with a wide
+//! margin, not speed targets: a refused request here takes about 1 ms.)
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::{HttpResponse, Server, TestDb, figment, get, post_json, serve};
+
+const FIRST_ANSWER: Duration = Duration::from_millis(3500);
+const KNOWN_DOWN_ANSWER: Duration = Duration::from_millis(100);
+const RECOVERY: Duration = Duration::from_secs(5);
+
+enum Outage {
+    Stopped,
+    Crashed,
+    Stalled,
+}
+
+async fn timed<F: Future<Output = std::io::Result<HttpResponse>>>(
+    what: &str,
+    call: F,
+) -> (HttpResponse, Duration) {
+    let asked = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer in 30 s"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    (response, asked.elapsed())
+}
+
+fn assert_database_503(what: &str, response: &HttpResponse, took: Duration, bound: Duration) {
+    assert_eq!(response.status, 503, "{what}: {}", response.body);
+    let code = response.error_code();
+    assert!(
+        code == "database_unavailable" || code == "database_interrupted",
+        "{what}: {code}"
+    );
+    assert!(response.header("retry-after").is_some(), "{what}");
+    assert!(took <= bound, "{what} took {took:?}, more than {bound:?}");
+}
+
+async fn create(addr: SocketAddr, userid: u32, name: &str) -> (HttpResponse, Duration) {
+    let body = json!({"userid": userid, "username": name});
+    timed(
+        &format!("POST /users {userid}"),
+        post_json(addr, "/users", &body),
+    )
+    .await
+}
+
+async fn drive(outage: Outage) {
+    let mut server = Server::start_dedicated();
+    let db = TestDb::create(&server).await;
+    let app = serve(figment(&db.url())).await;
+    let (created, _) = create(app.addr, 1, "before").await;
+    assert_eq!(created.status, 201, "{}", created.body);
+
+    match outage {
+        Outage::Stopped => tokio::task::block_in_place(|| server.stop()),
+        Outage::Crashed => tokio::task::block_in_place(|| server.crash()),
+        Outage::Stalled => tokio::task::block_in_place(|| server.pause()),
+    }
+
+    // The first request finds out (a refused connection is retried until the
+    // acquire timeout; a stalled server is waited for until the query
+    // timeout), within the whole call's bound.
+    let (first, took) = timed("GET /users/1", get(app.addr, "/users/1")).await;
+    assert_database_503("the first request", &first, took, FIRST_ANSWER);
+
+    // Then the API knows: every kind of call is refused at once.
+    for round in 0..10u32 {
+        let (read, took) = timed("GET /users/1", get(app.addr, "/users/1")).await;
+        assert_database_503("a read while known down", &read, took, KNOWN_DOWN_ANSWER);
+        let (write, took) = create(app.addr, 100 + round, "during").await;
+        assert_database_503("a write while known down", &write, took, KNOWN_DOWN_ANSWER);
+        let (ready, took) = timed("GET /readyz", get(app.addr, "/readyz")).await;
+        assert_database_503("/readyz while known down", &ready, took, KNOWN_DOWN_ANSWER);
+    }
+    let (live, _) = timed("GET /healthz", get(app.addr, "/healthz")).await;
+    assert_eq!(live.status, 200, "liveness ignores the database");
+
+    // `resume` returns once the server accepts connections again.
+    match outage {
+        Outage::Stalled => tokio::task::block_in_place(|| server.unpause()),
+        _ => tokio::task::block_in_place(|| server.resume()),
+    }
+    let back = Instant::now();
+    let mut userid = 1000;
+    loop {
+        userid += 1;
+        let (response, took) = create(app.addr, userid, "after").await;
+        if response.status == 201 {
+            break;
+        }
+        assert_database_503("a write while recovering", &response, took, FIRST_ANSWER);
+        assert!(
+            back.elapsed() < RECOVERY,
+            "no service {:?} after the database was back: {}",
+            back.elapsed(),
+            response.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        back.elapsed() < RECOVERY,
+        "recovery took {:?}",
+        back.elapsed()
+    );
+    assert_eq!(db.stored_name(1).await.as_deref(), Some("before"));
+    assert_eq!(db.stored_name(userid).await.as_deref(), Some("after"));
+    for round in 0..10u32 {
+        assert_eq!(
+            db.stored_name(100 + round).await,
+            None,
+            "a write refused before it was sent is not stored"
+        );
+    }
+    drop(app);
+    drop(db);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_database_is_a_fast_503_and_service_returns_when_it_does() {
+    drive(Outage::Stopped).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_database_is_a_fast_503_and_service_returns_when_it_does() {
+    drive(Outage::Crashed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_database_is_a_503_within_the_query_timeout() {
+    drive(Outage::Stalled).await;
+}
