@@ -20,17 +20,18 @@ in
   clippy = rust.user-api-clippy;
   rustfmt = rust.user-api-rustfmt;
 
-  # `nginx -t` on the shipped nginx.conf, with the shipped upstream.conf next to it. nginx
-  # resolves upstream host names while it reads the config, and `api` exists only on the compose
-  # network, so the upstream's host becomes 127.0.0.1 here (the proxy tests do the same).
+  # `nginx -t` on the shipped configuration exactly as the proxy image has it (every
+  # nginx/*.conf in one directory, nginx.conf unedited), started like the image's entrypoint with
+  # a writable prefix (-p) for the pid file and temp paths, which nginx.conf keeps relative.
+  # Only upstream.conf is the test's own: nginx resolves upstream host names while it reads the
+  # config, and `api` exists only on the compose network.
   nginx-config = runCommand "user-api-nginx-config" { nativeBuildInputs = [ nginx ]; } ''
-    mkdir conf
-    cp ${../nginx/nginx.conf} conf/nginx.conf
-    sed -E 's/^([[:space:]]*server[[:space:]]+)api:/\1127.0.0.1:/' ${../nginx/upstream.conf} \
-      >conf/upstream.conf
-    grep -Eq '^[[:space:]]*server[[:space:]]+127\.0\.0\.1:' conf/upstream.conf
+    mkdir conf prefix
+    cp ${images.proxyConfigDir}/*.conf conf/
+    chmod u+w conf/upstream.conf
+    echo 'server 127.0.0.1:8000;' >conf/upstream.conf
     # nginx -t opens the access log, /dev/stdout: send stdout to a file the build user owns.
-    if ! nginx -t -e stderr -c "$PWD/conf/nginx.conf" >nginx-t.log 2>&1; then
+    if ! nginx -t -p "$PWD/prefix/" -e stderr -c "$PWD/conf/nginx.conf" >nginx-t.log 2>&1; then
       cat nginx-t.log >&2
       exit 1
     fi
@@ -50,7 +51,8 @@ in
       }
       ''
         python3 ${./tests/image_contract.py} \
-          --manifest ${manifestFile} --compose ${../docker-compose.yml} --check-files
+          --contract ${./contract.json} --manifest ${manifestFile} \
+          --compose ${../docker-compose.yml} --nginx-conf ${../nginx/nginx.conf} --check-files
         touch "$out"
       '';
 

@@ -41,7 +41,19 @@ let
 
   apps = pkgs.callPackage ./apps.nix { inherit images; };
 
-  checks = pkgs.callPackage ./checks.nix {
+  # Imported with explicit arguments, not through callPackage: callPackage wraps an attribute-set
+  # result with `override` and `overrideDerivation` (lib.makeOverridable), two functions that
+  # `nix flake check` refuses as checks ("checks.<system>.override is not a derivation").
+  # Every value here must be a derivation; the stand-in nixpkgs makes the same wrapping, so
+  # nix/tests/check.sh catches a callPackage here.
+  checks = import ./checks.nix {
+    inherit (pkgs)
+      runCommand
+      writeText
+      nginx
+      python3
+      shellcheck
+      ;
     inherit rust images apps;
   };
 in

@@ -86,17 +86,29 @@ let
   };
 
   # ---- proxy ------------------------------------------------------------------------------------
-  # /bin/nginx, /bin/wget and /etc/nginx/{nginx.conf,upstream.conf}, the same files the tests use
-  # (nginx.conf includes upstream.conf relative to its own directory). The healthcheck client is
-  # busybox's wget applet, linked as /bin/wget only: busybox picks the applet from argv[0], the
-  # image gains one ~1 MiB binary that shares glibc with nginx, and no /bin/sh appears. curl would
-  # drag in its own TLS and HTTP/2 libraries, and nginx cannot make a request by itself.
+  # /bin/nginx, /bin/wget and every nginx/*.conf as /etc/nginx/ (contract: configDir): nginx.conf,
+  # never edited, includes the others (upstream.conf, listen.conf, limits.conf, ...) from its own
+  # directory, the same files the tests run with their own include files beside them. The
+  # healthcheck client is busybox's wget applet, linked as /bin/wget only: busybox picks the
+  # applet from argv[0], the image gains one ~1 MiB binary that shares glibc with nginx, and no
+  # /bin/sh appears. curl would drag in its own TLS and HTTP/2 libraries, and nginx cannot make a
+  # request by itself.
+  nginxConfNames = builtins.filter (name: lib.hasSuffix ".conf" name) (
+    builtins.attrNames (lib.filterAttrs (_: type: type == "regular") (builtins.readDir ../nginx))
+  );
+  nginxConfDir = lib.fileset.toSource {
+    root = ../nginx;
+    fileset = lib.fileset.unions (map (name: ../nginx + "/${name}") nginxConfNames);
+  };
+  configDir = lib.removePrefix "/" contract.proxy.configDir;
+
   proxyRoot = runCommand "user-api-proxy-root" { } ''
-    mkdir -p "$out/bin" "$out/etc/nginx"
+    mkdir -p "$out/bin" "$out/${configDir}"
     ln -s ${nginx}/bin/nginx "$out/bin/nginx"
     ln -s ${busybox}/bin/busybox "$out/bin/wget"
-    cp ${../nginx/nginx.conf} "$out/etc/nginx/nginx.conf"
-    cp ${../nginx/upstream.conf} "$out/etc/nginx/upstream.conf"
+    install -m 0444 -t "$out/${configDir}" ${
+      lib.concatMapStringsSep " " (name: "${nginxConfDir}/${name}") nginxConfNames
+    }
   '';
 
   proxyContents = [
@@ -118,7 +130,7 @@ let
     tag = contract.proxy.tag;
     inherit created;
     contents = proxyContents;
-    # nginx.conf keeps its pid file and all temp files under /tmp.
+    # The entrypoint's prefix (-p /tmp/): nginx.conf keeps its pid file and all temp files there.
     extraCommands = ''
       mkdir -m 1777 tmp
     '';
@@ -199,7 +211,7 @@ let
     User = contract.db.user;
     Entrypoint = contract.db.entrypoint;
     # The official images' CMD; db-entrypoint drops it and runs mariadbd with its own options.
-    Cmd = [ "mariadbd" ];
+    Cmd = contract.db.cmd;
     # For `docker exec`, and for the healthcheck, whose `healthcheck.sh` is looked up in PATH.
     Env = [ "PATH=/bin" ];
     ExposedPorts = exposed contract.db.ports;
@@ -212,6 +224,9 @@ let
 in
 {
   inherit api-image proxy-image db-image;
+
+  # The proxy's /etc/nginx as a store path (checks.nix runs `nginx -t` on it).
+  proxyConfigDir = nginxConfDir;
 
   # What checks.nix compares with docker-compose.yml and the contract: each image's reference,
   # config, contents (the trees merged into its root) and the files that must be in that root.
@@ -233,11 +248,10 @@ in
       files = [
         "bin/nginx"
         "bin/wget"
-        "etc/nginx/nginx.conf"
-        "etc/nginx/upstream.conf"
         "etc/passwd"
         "etc/group"
-      ];
+      ]
+      ++ map (name: "${configDir}/${name}") nginxConfNames;
     };
     db = {
       ref = "${contract.db.image}:${contract.db.tag}";

@@ -9,6 +9,7 @@
   rustfmt,
   mariadb,
   nginx,
+  python3,
   version,
   cargoToml,
 }:
@@ -29,19 +30,22 @@ let
     (fs.maybeMissing ../.sqlx)
   ];
 
-  # What `cargo test` and `cargo clippy --all-targets` read on top: the integration tests (not
-  # tests/e2e/, the compose harness, which cargo never reads), the nginx config the proxy tests
-  # start nginx with, and Rocket.toml.
+  # What `cargo test` and `cargo clippy --all-targets` read on top: the integration tests
+  # (tests/api), the Python harness they start MariaDB and nginx through (`python3 -m harness`,
+  # PYTHONPATH=tests), the nginx config the proxy tests run unchanged, and Rocket.toml. Not the
+  # rest of tests/ (e2e, sweep, ci, requirements.txt): cargo never reads it, so editing it does
+  # not rebuild the tests.
   testFiles = fs.unions [
     buildFiles
-    (fs.difference ../tests (fs.maybeMissing ../tests/e2e))
+    ../tests/api
+    ../tests/harness
     ../nginx
     (fs.maybeMissing ../Rocket.toml)
   ];
 
   fmtFiles = fs.unions [
     ../src
-    (fs.difference ../tests (fs.maybeMissing ../tests/e2e))
+    ../tests/api
     (fs.maybeMissing ../rustfmt.toml)
     (fs.maybeMissing ../.rustfmt.toml)
   ];
@@ -81,10 +85,9 @@ let
     }
   );
 
-  # The same build, plus `cargo test --release`. Tests that need sockets run inside the build
-  # sandbox on loopback: preCheck starts a throwaway MariaDB on 127.0.0.1 (root without a
-  # password, one database per test, as tests/api/helpers.rs expects from TEST_DATABASE_URL),
-  # and the proxy tests start nginx from PATH themselves.
+  # The same build, plus `cargo test --release`. The tests start their own throwaway MariaDB and
+  # nginx through tests/harness (python3, standard library only), on 127.0.0.1 and free ports:
+  # inside the build sandbox's own network namespace, loopback is all they need.
   user-api-tests = rustPlatform.buildRustPackage (
     common
     // {
@@ -95,45 +98,13 @@ let
       };
       doCheck = true;
       nativeCheckInputs = [
+        python3
         mariadb
         nginx
       ];
+      # The sandbox's HOME (/homeless-shelter) does not exist; give the test processes a real one.
       preCheck = ''
         export HOME="$(mktemp -d)"
-        dbdir="$TMPDIR/mariadb"
-        mkdir -p "$dbdir"
-        # The sandbox has its own network namespace; a pseudo-random port only matters where the
-        # sandbox is off.
-        dbport=$((20000 + RANDOM % 20000))
-        if ! mariadb-install-db --no-defaults --datadir="$dbdir/data" \
-            --auth-root-authentication-method=normal --skip-test-db --cross-bootstrap \
-            >"$dbdir/install.log" 2>&1; then
-          cat "$dbdir/install.log" >&2
-          exit 1
-        fi
-        mariadbd --no-defaults --datadir="$dbdir/data" --socket="$dbdir/mysqld.sock" \
-          --pid-file="$dbdir/mysqld.pid" --port="$dbport" --bind-address=127.0.0.1 \
-          --skip-log-bin --innodb-buffer-pool-size=64M --innodb-flush-log-at-trx-commit=2 \
-          --max-connections=500 >"$dbdir/server.log" 2>&1 &
-        mariadb_pid=$!
-        for _ in $(seq 1 120); do
-          if mariadb-admin --no-defaults --protocol=tcp -h 127.0.0.1 -P "$dbport" -u root \
-              ping >/dev/null 2>&1; then
-            break
-          fi
-          sleep 0.5
-        done
-        # (ping succeeds even when the login is refused: check that root can log in.)
-        if ! mariadb --no-defaults --protocol=tcp -h 127.0.0.1 -P "$dbport" -u root \
-            -e 'SELECT 1' >/dev/null; then
-          cat "$dbdir/server.log" >&2
-          exit 1
-        fi
-        export TEST_DATABASE_URL="mysql://root@127.0.0.1:$dbport/"
-      '';
-      postCheck = ''
-        kill "$mariadb_pid"
-        wait "$mariadb_pid" || true
       '';
     }
   );

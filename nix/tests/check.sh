@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # nix/tests/check.sh: what a machine without a Nix store or binary cache can prove about the
-# flake (see nix/README.md). Needs nix-instantiate and nix (Debian's nix-bin 2.8 is enough);
+# flake (see nix/README.md). Needs nix-instantiate and nix (Debian's nix-bin 2.8 is enough here;
+# real nixpkgs needs Nix >= 2.18);
 # installs nothing. Uses python3 with PyYAML and shellcheck when present, and says when not.
 #
 #   1. every git-tracked .nix file parses (nix-instantiate --parse);
@@ -8,13 +9,19 @@
 #   3. every output (packages, apps, checks on both Linux systems; dev shell and formatter on
 #      all four systems) evaluates to a derivation against the stand-in for nixpkgs in
 #      nix/tests/stand-in (`--override-input nixpkgs`), which rejects unknown arguments, missing
-#      attributes and missing files; then `nix flake check --no-build`;
-#   4. the images' config against the runtime contract and docker-compose.yml
-#      (nix/tests/image_contract.py, the script checks.<system>.image-config runs under Nix);
+#      attributes and missing files, and what real nixpkgs rejects (see its pkgs.nix header);
+#      then `nix flake check --no-build`; notes nixos-26.05's x86_64-darwin warning and that
+#      real nixpkgs needs Nix >= 2.18;
+#   4. the images' config against nix/contract.json, docker-compose.yml and nginx.conf's
+#      includes (nix/tests/image_contract.py, the script checks.<system>.image-config runs
+#      under Nix);
 #   5. bash -n and shellcheck on the app scripts, shellcheck on db/*.sh (what the Nix build of
 #      those runs);
-#   6. mutations: a misspelt argument, a missing file, a missing output and an unknown image
-#      config key, each applied to a scratch clone, must make step 3 fail.
+#   6. mutations, each applied to a scratch clone, must make step 3 fail for their own reason: a
+#      misspelt argument, a missing file, a missing output, an unknown image config key, and
+#      (issue 12) checks made through callPackage, an `env` entry repeating a derivation
+#      attribute, an input unavailable on the system, lib.getExe without meta.mainProgram, a
+#      stale cargoLock.outputHashes entry and a crate from an unknown registry.
 #
 # Evaluates the flake as Nix sees it: git-tracked files only (uncommitted edits to tracked files
 # included). Set NIX_CHECK_SKIP_MUTATIONS=1 to skip step 6.
@@ -107,7 +114,10 @@ esac
 # ---- 3. structural evaluation ------------------------------------------------------------------
 # One `nix eval` per output kind: maps every attribute to its drvPath (or, for apps, the type
 # and program), which forces the whole derivation, i.e. every argument and every file.
-drv_map='outs: builtins.mapAttrs (system: set: builtins.mapAttrs (name: d: d.drvPath) set) outs'
+# A value that is not a derivation fails with the words `nix flake check` uses.
+drv_map='outs: builtins.mapAttrs (system: set: builtins.mapAttrs (name: d:
+  if builtins.isAttrs d && (d.type or null) == "derivation" then d.drvPath
+  else throw "flake attribute '"'"'${system}.${name}'"'"' is not a derivation") set) outs'
 app_map='outs: builtins.mapAttrs (system: set: builtins.mapAttrs (name: a: { inherit (a) type program; }) set) outs'
 
 evaluate() { # flake-dir kind apply-fn -> JSON on stdout; errors in $tmp/eval.err (and all.err)
@@ -173,6 +183,13 @@ structural() { # flake-dir -> 0 when every expected output evaluates
     tail -n 25 "$tmp/eval.err" >&2
     status=1
   fi
+  # What the real pipeline runs first (there with --all-systems off and builds on).
+  if nixc flake check --no-build --override-input nixpkgs "path:$stand_in" "$dir" >"$tmp/flake-check.log" 2>&1; then :; else
+    echo "FAIL nix flake check --no-build:" >&2
+    tail -n 15 "$tmp/flake-check.log" >&2
+    status=1
+  fi
+  cat "$tmp/flake-check.log" >>"$tmp/all.err"
   return "$status"
 }
 
@@ -201,16 +218,30 @@ if [ -s "$tmp/apps.json" ]; then
   fi
 fi
 
-if nixc flake check --no-build --override-input nixpkgs "path:$stand_in" "$repo" >"$tmp/flake-check.log" 2>&1; then
-  ok "nix flake check --no-build"
-else
+if grep -q '^error' "$tmp/flake-check.log"; then
   bad "nix flake check --no-build: $(tail -n 15 "$tmp/flake-check.log")"
+else
+  ok "nix flake check --no-build"
 fi
+
+# nixos-26.05 warns on every evaluation of its x86_64-darwin package set (so does the stand-in).
+if grep -q 'last release to support x86_64-darwin' "$tmp/all.err"; then
+  echo "note: the flake evaluates nixpkgs for x86_64-darwin, and nixos-26.05 warns that it is the last release to support it (see nix/README.md, \"x86_64-darwin\")"
+fi
+if nixc eval --impure --expr "(builtins.getFlake \"path:$stand_in\").legacyPackages.x86_64-darwin ? lib" 2>&1 \
+  | grep -q 'last release to support x86_64-darwin'; then
+  ok "stand-in: x86_64-darwin prints nixos-26.05's deprecation warning"
+else
+  bad "stand-in: no x86_64-darwin deprecation warning"
+fi
+nix_version="$(nix --version | awk '{print $NF}')"
+echo "note: real nixpkgs refuses Nix < 2.18 (lib/minver.nix); this is Nix $nix_version, and the stand-in does not check"
 
 # ---- 4. image config vs contract and compose ----------------------------------------------------
 if python3 -c 'import yaml' >/dev/null 2>&1; then
   if evaluate "$repo" checks.x86_64-linux.image-config.manifest 'm: m' >"$tmp/manifest.json"; then
-    if python3 "$here/image_contract.py" --manifest "$tmp/manifest.json" --compose "$repo/docker-compose.yml"; then
+    if python3 "$here/image_contract.py" --contract "$repo/nix/contract.json" --manifest "$tmp/manifest.json" \
+      --compose "$repo/docker-compose.yml" --nginx-conf "$repo/nginx/nginx.conf"; then
       ok "image config matches the contract and docker-compose.yml"
     else
       bad "image config vs contract / docker-compose.yml (above)"
@@ -286,9 +317,26 @@ else
     's/nativeCheckInputs = /nativeCheckInput = /' nativeCheckInput
   mutate "misspelt image config key" nix/images.nix \
     '0,/Entrypoint = /s/Entrypoint = /EntryPoint = /' EntryPoint
-  mutate "missing file" nix/images.nix 's|../nginx/upstream.conf|../nginx/upstreams.conf|' upstreams.conf
+  mutate "missing file" nix/checks.nix 's|../nginx/nginx.conf|../nginx/nginx.conff|' nginx.conff
   mutate "missing nixpkgs attribute" nix/default.nix 's/pkgs.mariadb_114/pkgs.mariadb_1140/' mariadb_1140
   mutate "missing output" nix/apps.nix 's/^    load = {/    loader = {/' ""
+  # What real nixpkgs rejects and the stand-in now does too (issue 12):
+  mutate "checks through callPackage (override/overrideDerivation among the checks)" nix/default.nix \
+    's|checks = import ./checks.nix {|checks = pkgs.callPackage ./checks.nix {|' "is not a derivation"
+  mutate "env repeating a derivation attribute" nix/rust.nix \
+    's|env.SQLX_OFFLINE = "true";|env.SQLX_OFFLINE = "true"; env.version = version;|' \
+    "The ‘env’ attribute set cannot contain any attributes passed to derivation"
+  mutate "an input not available on the system" nix/devshell.nix \
+    's|^    wrk$|    wrk\n    busybox|; s|^  wrk,$|  wrk,\n  busybox,|' "is not available on the requested hostPlatform"
+  mutate "lib.getExe of a package without meta.mainProgram" nix/apps.nix \
+    's|^      ${lib.getExe load}$|      ${lib.getExe load}\n      ${lib.getExe coreutils} --version >/dev/null|' \
+    "has no meta.mainProgram"
+  mutate "a stale cargoLock.outputHashes entry" nix/rust.nix \
+    's|cargoLock.lockFile = ../Cargo.lock;|cargoLock.lockFile = ../Cargo.lock; cargoLock.outputHashes."rocket-0.5.1" = lib.fakeHash;|' \
+    "but there is no corresponding git dependency"
+  mutate "a crate from a registry importCargoLock does not know" Cargo.lock \
+    '0,/registry+https:\/\/github.com\/rust-lang\/crates.io-index/s//registry+https:\/\/registry.invalid\/index/' \
+    "Cannot handle crate source: registry+https://registry.invalid/index"
 fi
 
 echo "check.sh: $passed passed, $failed failed"

@@ -5,9 +5,11 @@ Input: the image manifest (nix/images.nix `manifest`, as JSON: per service the i
 the image config, the content trees and the files the contract needs in the image's root) and
 the compose file. Checks:
 
-  * each image's User, Entrypoint, exposed ports, healthcheck, stop signal and Env against the
-    contract (written out again below, on purpose: a second statement of it, not a copy of
-    nix/contract.nix);
+  * each image's User, Entrypoint, Cmd, exposed ports, healthcheck, stop signal and Env against
+    the contract, nix/contract.json (the same file nix/contract.nix and the e2e stand-in images
+    read: one statement of it);
+  * with --nginx-conf: every file nginx.conf includes from its own directory is in the proxy
+    image's config directory (contract: configDir);
   * the compose file: image references (defaults of ${VAR:-...}), user/entrypoint/stop_signal
     overrides, healthcheck commands (exec form, executable present in the image), published and
     exposed ports, ROCKET_* overrides, and the secret files that `nix run .#up` creates;
@@ -27,38 +29,44 @@ import sys
 
 import yaml
 
-CONTRACT = {
-    "api": {
-        "image": "user-api",
-        "user": "65534:65534",
-        "entrypoint": ["/bin/user-api"],
-        "ports": ["8000/tcp"],
-        "healthcheck": ["CMD", "/bin/user-api", "healthcheck"],
-        "env": {"ROCKET_ADDRESS": "0.0.0.0", "ROCKET_PORT": "8000", "ROCKET_PROFILE": "release"},
-        "stop_signal": None,
-        "files": ["bin/user-api"],
-    },
-    "proxy": {
-        "image": "user-api-proxy",
-        "user": "65534:65534",
-        "entrypoint": ["/bin/nginx", "-e", "stderr", "-c", "/etc/nginx/nginx.conf"],
-        "ports": ["8080/tcp", "8081/tcp"],
-        "healthcheck": ["CMD", "/bin/wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8081/healthz"],
-        "env": {},
-        "stop_signal": "SIGQUIT",
-        "files": ["bin/nginx", "bin/wget", "etc/nginx/nginx.conf", "etc/nginx/upstream.conf"],
-    },
-    "db": {
-        "image": "user-api-db",
-        "user": "999:999",
-        "entrypoint": ["/bin/db-entrypoint"],
-        "ports": ["3306/tcp"],
-        "healthcheck": ["CMD", "healthcheck.sh", "--connect", "--innodb_initialized"],
-        "env": {},
-        "stop_signal": None,
-        "files": ["bin/db-entrypoint", "bin/healthcheck.sh"],
-    },
+# The files each image must hold beyond what the contract names (entrypoint and healthcheck
+# executables are derived from it; the proxy's nginx files from nginx.conf's includes).
+REQUIRED_FILES = {
+    "api": ["bin/user-api"],
+    "proxy": ["bin/nginx", "bin/wget"],
+    "db": ["bin/db-entrypoint", "bin/healthcheck.sh"],
 }
+
+
+def load_contract(path):
+    """nix/contract.json, the one statement of the contract, with the defaults this script
+    compares against (no env, no stop signal, no cmd unless the contract names one)."""
+    with open(path) as f:
+        raw = json.load(f)
+    contract = {}
+    for service, spec in raw.items():
+        if service.startswith("_"):
+            continue
+        contract[service] = {
+            **spec,
+            "env": env_dict(spec.get("env")),
+            "stop_signal": spec.get("stopSignal"),
+            "cmd": spec.get("cmd"),
+            "files": list(REQUIRED_FILES.get(service, [])),
+        }
+    return contract
+
+
+def nginx_includes(conf_path):
+    """The files nginx.conf includes by a relative name (globs excepted: they may match none)."""
+    names = []
+    with open(conf_path) as f:
+        for line in f:
+            m = re.match(r"\s*include\s+([^;\s]+)\s*;", line.split("#", 1)[0])
+            if m and "/" not in m.group(1) and not any(c in m.group(1) for c in "*?["):
+                names.append(m.group(1))
+    return names
+
 
 # The secrets `nix run .#up` creates (nix/apps.nix).
 UP_SECRETS = {"secrets/db_password.txt", "secrets/db_root_password.txt"}
@@ -131,8 +139,8 @@ def in_image(name, image):
     return any(f"{d.strip('/')}/{name}" in files for d in path.split(":") if d)
 
 
-def check_image(report, service, image):
-    want = CONTRACT[service]
+def check_image(report, contract, service, image):
+    want = contract[service]
     config = image["config"]
     ref = image["ref"]
     report.check(ref.split(":", 1)[0] == want["image"], f"{service}: image name {ref} is not {want['image']}:<tag>")
@@ -143,6 +151,8 @@ def check_image(report, service, image):
     )
     ports = sorted((config.get("ExposedPorts") or {}).keys())
     report.check(ports == sorted(want["ports"]), f"{service}: ExposedPorts {ports} != {want['ports']}")
+    if want["cmd"] is not None or "Cmd" in config:
+        report.check(config.get("Cmd") == want["cmd"], f"{service}: Cmd {config.get('Cmd')} != {want['cmd']}")
     test = (config.get("Healthcheck") or {}).get("Test")
     report.check(test == want["healthcheck"], f"{service}: Healthcheck.Test {test} != {want['healthcheck']}")
     report.check(
@@ -245,8 +255,10 @@ def check_files(report, service, image):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contract", required=True, help="nix/contract.json")
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--compose", required=True)
+    parser.add_argument("--nginx-conf", help="nginx/nginx.conf: its includes must be in the proxy image")
     parser.add_argument("--check-files", action="store_true")
     args = parser.parse_args()
 
@@ -255,14 +267,19 @@ def main():
     with open(args.compose) as f:
         compose = yaml.safe_load(f) or {}
 
+    contract = load_contract(args.contract)
+    if args.nginx_conf:
+        config_dir = contract["proxy"]["configDir"].strip("/")
+        contract["proxy"]["files"] += [f"{config_dir}/{name}" for name in ["nginx.conf", *nginx_includes(args.nginx_conf)]]
+
     report = Report()
-    report.check(sorted(manifest) == sorted(CONTRACT), f"manifest services {sorted(manifest)} != {sorted(CONTRACT)}")
-    for service in CONTRACT:
+    report.check(sorted(manifest) == sorted(contract), f"manifest services {sorted(manifest)} != {sorted(contract)}")
+    for service in contract:
         if service in manifest:
-            check_image(report, service, manifest[service])
+            check_image(report, contract, service, manifest[service])
             if args.check_files:
                 check_files(report, service, manifest[service])
-    check_compose(report, compose, {s: manifest[s] for s in CONTRACT if s in manifest})
+    check_compose(report, compose, {s: manifest[s] for s in contract if s in manifest})
 
     print(f"image-contract: {report.passed} passed, {len(report.failures)} failed")
     return 1 if report.failures else 0

@@ -16,6 +16,7 @@
   fakeDerivation,
   fail,
   system,
+  checkInputs,
   fakeNss,
 }:
 let
@@ -118,6 +119,8 @@ let
       fail who "created and mtime must be ISO 8601 date-times or \"now\" (got ${toJSON created}, ${toJSON mtime})"
     else if !(isList contents || isAttrs contents) then
       fail who "contents must be a derivation or a list of them"
+    else if checkInputs who contents true != true then
+      null
     else if !(isString extraCommands && isString fakeRootCommands) then
       fail who "extraCommands and fakeRootCommands are strings (shell scripts)"
     else if !(isBool enableFakechroot && isBool includeStorePaths && isBool includeNixDB) then

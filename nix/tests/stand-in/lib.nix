@@ -1,11 +1,16 @@
 # Stand-in for nixpkgs' `lib`: only the functions this flake calls, written for this repo (no
 # nixpkgs code). Each keeps the name, argument order and meaning of the nixpkgs function:
-#   lib/attrsets.nix    genAttrs, optionalAttrs, mapAttrsToList
-#   lib/lists.nix       optional, optionals, subtractLists
+#   lib/attrsets.nix    genAttrs, optionalAttrs, mapAttrsToList, filterAttrs, isDerivation
+#   lib/lists.nix       optional, optionals, subtractLists, flatten
 #   lib/strings.nix     optionalString, makeBinPath, concatStringsSep, concatMapStringsSep,
-#                       escapeShellArg, escapeShellArgs, hasPrefix, hasSuffix
-#   lib/trivial.nix     importTOML
+#                       escapeShellArg, escapeShellArgs, hasPrefix, hasSuffix, removePrefix
+#   lib/trivial.nix     importTOML, isFunction
 #   lib/meta.nix        getExe
+#   lib/customisation.nix  makeOverridable (NixOS/nixpkgs 927c4f83d8d62b45229a931d9c295ad9a2d6d541
+#                       and 00976b194fe32d3e425ff3b457eeb6e4ec7ba12c: an attribute-set result gains
+#                       `override` and `overrideDerivation`, plus `overrideAttrs` when it has one;
+#                       a function result becomes a functor with `override`)
+#   lib/default.nix     fakeHash (the all-zero SRI placeholder; used only by check.sh's mutations)
 #   lib/licenses.nix, lib/systems/doubles.nix  licenses.mit, platforms.{linux,darwin,all}
 #   lib/fileset/default.nix (NixOS/nixpkgs fa7835846a2482727e082c4181d05ba561b21ab5 and the
 #   nixpkgs manual's lib.fileset chapter)  toSource { root, fileset }, union, unions,
@@ -137,9 +142,77 @@ let
         name = "source";
         filter = keep;
       };
+  isDerivation = x: isAttrs x && (x.type or null) == "derivation";
+  lib_flatten = x: if isList x then builtins.concatMap lib_flatten x else [ x ];
+
+  # Real overrideDerivation re-runs `derivation` with changed attributes; nothing in this flake
+  # calls it, so the stand-in's only says so.
+  overrideDerivation =
+    _: _: throw "stand-in lib.overrideDerivation: not implemented (this flake does not use it)";
+
+  makeOverridable =
+    f: origArgs:
+    let
+      result = f origArgs;
+      overrideWith =
+        newArgs: origArgs // (if builtins.isFunction newArgs then newArgs origArgs else newArgs);
+      override = newArgs: makeOverridable f (overrideWith newArgs);
+    in
+    if isAttrs result then
+      result
+      // {
+        inherit override;
+        overrideDerivation = fdrv: makeOverridable (args: overrideDerivation (f args) fdrv) origArgs;
+      }
+      // (
+        if result ? overrideAttrs then
+          { overrideAttrs = fdrv: makeOverridable (args: (f args).overrideAttrs fdrv) origArgs; }
+        else
+          { }
+      )
+    else if builtins.isFunction result then
+      {
+        inherit override;
+        __functor = _: result;
+      }
+    else
+      result;
 in
 {
-  inherit hasPrefix hasSuffix escapeShellArg;
+  inherit
+    hasPrefix
+    hasSuffix
+    escapeShellArg
+    isDerivation
+    makeOverridable
+    overrideDerivation
+    ;
+
+  isFunction = builtins.isFunction;
+  flatten = lib_flatten;
+  removePrefix =
+    pref: str:
+    if hasPrefix pref str then
+      substring (stringLength pref) (stringLength str - stringLength pref) str
+    else
+      str;
+  filterAttrs =
+    pred: set:
+    builtins.listToAttrs (
+      builtins.concatMap (
+        name:
+        if pred name set.${name} then
+          [
+            {
+              inherit name;
+              value = set.${name};
+            }
+          ]
+        else
+          [ ]
+      ) (attrNames set)
+    );
+  fakeHash = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
   genAttrs =
     names: f:
@@ -161,6 +234,9 @@ in
   escapeShellArgs = args: concatStringsSep " " (map escapeShellArg args);
   importTOML = path: builtins.fromTOML (readFile path);
 
+  # nixpkgs warns ("getExe: Package ... does not have the meta.mainProgram attribute") and
+  # guesses the name; the stand-in refuses, and its package stubs carry a mainProgram only where
+  # nixpkgs' package sets one (see pkgs.nix), so a guess never passes here.
   getExe =
     drv:
     if drv ? meta.mainProgram then

@@ -14,7 +14,20 @@
 #   buildEnv                  pkgs/build-support/buildenv/default.nix @ fdebd3d105ec65a4ea6c339c22b016b40d33653f
 #   mkShell                   pkgs/build-support/mkshell/default.nix @ 07c91341fd6e5f2ca8d0a6d62e6d0e1ecc94283d
 #   fakeNss                   pkgs/by-name/fa/fakeNss/package.nix @ 0a2c8a5824f4d11518168b74002249c6ecec21d5
-#   callPackage               pkgs/top-level/splice.nix / lib/customisation.nix (behaviour only)
+#   callPackage               lib/customisation.nix callPackageWith: the function's arguments from
+#                             the package set, then makeOverridable (see lib.nix), so an
+#                             attribute-set result carries `override` and `overrideDerivation`
+#   env / meta checks         pkgs/stdenv/generic/make-derivation.nix @ 000b58721fef0d1cf693a6f2f4fa442b66fbe2bb
+#                             (`env` may not repeat an attribute passed to the derivation) and
+#                             check-meta.nix @ 00284adb9c0a07c6d9803780609af29fbb29c216 (a package
+#                             whose meta.platforms exclude the host system refuses to evaluate,
+#                             so does everything that uses it as an input)
+#   x86_64-darwin             nixos-26.05 prints "evaluation warning: Nixpkgs 26.05 will be the last
+#                             release to support x86_64-darwin; see ..." whenever its package set
+#                             for x86_64-darwin is evaluated (unless config.allowDeprecatedx86_64Darwin);
+#                             the stand-in prints the same line there (builtins.trace)
+# Not reproduced: lib/minver.nix (nixpkgs refuses Nix < 2.18; this stand-in must run on Debian's
+# Nix 2.8, so check.sh only reports the version).
 #   rustPlatform, dockerTools see rust.nix and docker-tools.nix
 # Attribute names (top-level): mariadb_114 (pkgs/top-level/all-packages.nix: `mariadb =
 # mariadb_114`), busybox, sqlx-cli, wrk, yq-go, nixfmt, nixfmt-tree (pkgs/by-name/...), nginx,
@@ -105,6 +118,91 @@ let
     "dontUseCargoParallelTests"
   ];
 
+  # Attributes make-derivation.nix (makeDerivationArgument) always passes to `derivation`, on top
+  # of the caller's own (minus meta, passthru, pos, env and the check/sandbox inputs it removes).
+  # `env` may contain none of them.
+  computedDrvAttrs = [
+    "name"
+    "builder"
+    "args"
+    "stdenv"
+    "system"
+    "userHook"
+    "__ignoreNulls"
+    "__structuredAttrs"
+    "strictDeps"
+    "depsBuildBuild"
+    "depsBuildBuildPropagated"
+    "nativeBuildInputs"
+    "propagatedNativeBuildInputs"
+    "depsBuildTarget"
+    "depsBuildTargetPropagated"
+    "depsHostHost"
+    "depsHostHostPropagated"
+    "buildInputs"
+    "propagatedBuildInputs"
+    "depsTargetTarget"
+    "depsTargetTargetPropagated"
+    "configureFlags"
+    "cmakeFlags"
+    "mesonFlags"
+    "patches"
+    "doCheck"
+    "doInstallCheck"
+    "outputs"
+  ];
+  notPassedAttrs = [
+    "meta"
+    "passthru"
+    "pos"
+    "env"
+    "checkInputs"
+    "installCheckInputs"
+    "nativeCheckInputs"
+    "nativeInstallCheckInputs"
+    "__contentAddressed"
+    "__darwinAllowLocalNetworking"
+    "__impureHostDeps"
+    "__propagatedImpureHostDeps"
+    "sandboxProfile"
+    "propagatedSandboxProfile"
+  ];
+
+  # Inputs whose outPath make-derivation.nix forces (check inputs only when doCheck is on).
+  inputsOf =
+    args:
+    builtins.concatMap (n: args.${n} or [ ]) [
+      "nativeBuildInputs"
+      "buildInputs"
+      "propagatedBuildInputs"
+      "propagatedNativeBuildInputs"
+    ]
+    ++ (
+      if args.doCheck or false then
+        builtins.concatMap (n: args.${n} or [ ]) [
+          "nativeCheckInputs"
+          "checkInputs"
+        ]
+      else
+        [ ]
+    );
+
+  # What check-meta.nix says of a package on this system: null when available.
+  unavailable =
+    drv:
+    if isAttrs drv && drv ? meta.platforms && !(builtins.elem system drv.meta.platforms) then
+      "Package ‘${drv.name or "?"}’ is not available on the requested hostPlatform:\n  hostPlatform.system = \"${system}\"\n  package.meta.platforms = ${toJSON drv.meta.platforms}"
+    else
+      null;
+
+  # Fails when any of `inputs` is unavailable here, naming it and its user.
+  checkInputs =
+    who: inputs: value:
+    let
+      bad = filter (d: unavailable d != null) (lib.flatten inputs);
+    in
+    if bad != [ ] then fail who "input ${unavailable (builtins.head bad)}" else value;
+
   listAttrs = [
     "nativeBuildInputs"
     "buildInputs"
@@ -170,6 +268,8 @@ let
       badEnv = filter (n: !(isStringLike env.${n} || isBool env.${n} || isInt env.${n})) (
         attrNames env
       );
+      passedNames = lib.subtractLists notPassedAttrs names ++ computedDrvAttrs;
+      overlapping = filter (n: builtins.elem n passedNames) (attrNames env);
     in
     if unknown != [ ] then
       fail who "unknown argument(s) ${concatStringsSep ", " unknown} (not a mkDerivation attribute this stand-in knows; for an environment variable use `env`)"
@@ -183,10 +283,12 @@ let
       fail who "env must be an attribute set"
     else if badEnv != [ ] then
       fail who "env.${concatStringsSep ", env." badEnv}: values must be strings, booleans, integers or derivations"
+    else if overlapping != [ ] then
+      fail who "The ‘env’ attribute set cannot contain any attributes passed to derivation. The following attributes are overlapping: ${concatStringsSep ", " overlapping}"
     else if !(args ? name || (args ? pname && args ? version)) then
       fail who "needs `name`, or `pname` and `version`"
     else
-      args;
+      checkInputs who (inputsOf args) args;
 
   # The derivation every stand-in function returns. All arguments but meta/passthru are
   # serialised into it: that forces them (a missing file, a bad interpolation or a function where
@@ -212,7 +314,7 @@ let
               "passthru"
             ])
           else
-            fail who "${name} is not available on ${system} (meta.platforms)";
+            fail who "Package ‘${name}’ is not available on the requested hostPlatform: hostPlatform.system = \"${system}\", meta.platforms = ${toJSON platforms}";
       };
     in
     drv
@@ -224,21 +326,30 @@ let
 
   mkDerivation = who: extraNames: args: fakeDerivation who (checkDrvArgs who extraNames args);
 
-  # A package from nixpkgs, reduced to what the flake reads: a derivation with meta.mainProgram.
+  # A package from nixpkgs, reduced to what the flake reads. meta.mainProgram only where the
+  # nixpkgs package sets it and this flake needs it (lib.getExe, `nix fmt`): a stub never invents
+  # one, so a `lib.getExe` that real nixpkgs would only guess (with a warning) fails here.
+  # meta.platforms: nixpkgs' value where it restricts (busybox: Linux), else all four systems.
   pkg =
     {
       pname,
       version ? "0",
-      mainProgram ? pname,
+      mainProgram ? null,
       platforms ? lib.platforms.all,
       extra ? { },
     }:
     fakeDerivation "pkgs.${pname}" {
       inherit pname version;
-      meta = { inherit mainProgram platforms; };
+      meta = {
+        inherit platforms;
+      }
+      // (if mainProgram == null then { } else { inherit mainProgram; });
     }
     // extra;
 
+  # lib.callPackageWith pkgs: like nixpkgs, the result goes through makeOverridable, so an
+  # attribute-set result gains `override` and `overrideDerivation` (functions: `nix flake check`
+  # refuses them among checks).
   callPackage =
     fn: overrides:
     let
@@ -248,7 +359,7 @@ let
     if !isAttrs overrides then
       fail "callPackage" "the second argument must be an attribute set"
     else
-      f args;
+      lib.makeOverridable f args;
 
   # ---- trivial builders ----------------------------------------------------------------------
   runCommandWith =
@@ -419,6 +530,8 @@ let
       }:
       if !isList paths || !isList pathsToLink then
         fail "buildEnv" "${name}: paths and pathsToLink must be lists"
+      else if checkInputs "buildEnv" paths true != true then
+        null
       else if builtins.any (p: !(lib.hasPrefix "/" p)) pathsToLink then
         fail "buildEnv" "${name}: pathsToLink entries start with /"
       else
@@ -482,7 +595,6 @@ let
           fakeDerivation "python3.withPackages" {
             name = "python3-env";
             env.packages = toJSON chosen;
-            meta.mainProgram = "python3";
           };
     };
 
@@ -491,12 +603,10 @@ let
         server = pkg {
           pname = "mariadb-server";
           version = "11.4";
-          mainProgram = "mariadbd";
         };
         client = pkg {
           pname = "mariadb-client";
           version = "11.4";
-          mainProgram = "mariadb";
         };
       in
       server // { inherit server client; };
@@ -506,16 +616,12 @@ let
       platforms = lib.platforms.linux;
     };
     nginx = pkg { pname = "nginx"; };
-    sqlx-cli = pkg {
-      pname = "sqlx-cli";
-      mainProgram = "sqlx";
-    };
+    sqlx-cli = pkg { pname = "sqlx-cli"; };
     wrk = pkg { pname = "wrk"; };
-    yq-go = pkg {
-      pname = "yq-go";
-      mainProgram = "yq";
-    };
+    yq-go = pkg { pname = "yq-go"; };
     nixfmt = pkg { pname = "nixfmt"; };
+    # `nix fmt` runs meta.mainProgram: treefmt (pkgs/by-name/ni/nixfmt-tree/package.nix @
+    # 03984ba04968da61939271e9ae5f776e9842c1b7).
     nixfmt-tree = pkg {
       pname = "nixfmt-tree";
       mainProgram = "treefmt";
@@ -523,32 +629,17 @@ let
     shellcheck = pkg { pname = "shellcheck"; };
     rustc = pkg { pname = "rustc"; };
     cargo = pkg { pname = "cargo"; };
-    clippy = pkg {
-      pname = "clippy";
-      mainProgram = "cargo-clippy";
-    };
+    clippy = pkg { pname = "clippy"; };
     rustfmt = pkg { pname = "rustfmt"; };
     rust-analyzer = pkg { pname = "rust-analyzer"; };
     curl = pkg { pname = "curl"; };
     bash = pkg { pname = "bash"; };
-    bashInteractive = pkg {
-      pname = "bash-interactive";
-      mainProgram = "bash";
-    };
+    bashInteractive = pkg { pname = "bash-interactive"; };
     coreutils = pkg { pname = "coreutils"; };
-    gnused = pkg {
-      pname = "gnused";
-      mainProgram = "sed";
-    };
+    gnused = pkg { pname = "gnused"; };
     gawk = pkg { pname = "gawk"; };
-    gnugrep = pkg {
-      pname = "gnugrep";
-      mainProgram = "grep";
-    };
-    findutils = pkg {
-      pname = "findutils";
-      mainProgram = "find";
-    };
+    gnugrep = pkg { pname = "gnugrep"; };
+    findutils = pkg { pname = "findutils"; };
   }
   // import ./rust.nix {
     inherit lib mkDerivation fail;
@@ -561,6 +652,7 @@ let
         fakeDerivation
         fail
         system
+        checkInputs
         ;
       fakeNss = pkgs.fakeNss;
     };
@@ -600,5 +692,7 @@ let
           };
     in
     build overridden // { override = more: fakeNssWith (overridden // more); };
+
+  darwinWarning = "evaluation warning: Nixpkgs 26.05 will be the last release to support x86_64-darwin; see https://nixos.org/manual/nixpkgs/unstable/release-notes#x86_64-darwin-26.05";
 in
-pkgs
+if system == "x86_64-darwin" then builtins.trace darwinWarning pkgs else pkgs

@@ -7,8 +7,14 @@
 #     (cargoLock = { lockFile ? null, lockFileContents ? null, allowBuiltinFetchGit ? false,
 #      extraRegistries ? { }, outputHashes ? { } }).
 # Like nixpkgs it asserts: exactly one of cargoLock / cargoHash / cargoVendorDir, buildType is
-# release or debug, and (importCargoLock) every registry crate in Cargo.lock has a checksum and
-# every git crate an outputHashes entry.
+# release or debug, and importCargoLock's throws: a registry crate without a checksum ("Package
+# ... does not have a checksum."), a git crate without an outputHashes entry, an outputHashes
+# entry naming no git crate of Cargo.lock ("A hash was specified for ..., but there is no
+# corresponding git dependency.": nixpkgs forces the whole map with deepSeq), and a crate whose
+# registry is neither crates.io's index nor in extraRegistries ("Cannot handle crate source: ...";
+# the key is the source without "registry+", so a sparse index needs its "sparse+..." key).
+# buildRustPackage hands mkDerivation the attributes nixpkgs' does (cargoDeps, cargoBuildType,
+# ..., PKG_CONFIG_ALLOW_CROSS, strictDeps), so an `env` entry repeating one fails there.
 {
   lib,
   mkDerivation,
@@ -18,6 +24,19 @@
 }:
 let
   inherit (builtins) filter isAttrs isString;
+
+  # What nixpkgs' buildRustPackage adds to the mkDerivation call (build-rust-package/default.nix).
+  addedArgs = [
+    "cargoDeps"
+    "cargoBuildType"
+    "cargoCheckType"
+    "cargoBuildNoDefaultFeatures"
+    "cargoCheckNoDefaultFeatures"
+    "cargoBuildFeatures"
+    "cargoCheckFeatures"
+    "patchRegistryDeps"
+    "PKG_CONFIG_ALLOW_CROSS"
+  ];
 
   ownArgs = [
     "cargoDepsName"
@@ -52,16 +71,29 @@ let
     }:
     let
       contents = if lockFile != null then builtins.readFile lockFile else lockFileContents;
-      packages = (builtins.fromTOML contents).package or [ ];
+      parsed = builtins.fromTOML contents;
+      packages = parsed.package or [ ];
       deps = filter (p: p ? source) packages;
-      registry = filter (p: lib.hasPrefix "registry+" p.source || lib.hasPrefix "sparse+" p.source) deps;
-      git = filter (p: lib.hasPrefix "git+" p.source) deps;
-      other = filter (p: !(builtins.elem p registry) && !(builtins.elem p git)) deps;
-      noChecksum = filter (p: !(p ? checksum)) registry;
+      registries = {
+        "https://github.com/rust-lang/crates.io-index" = "https://crates.io/api/v1/crates";
+      }
+      // extraRegistries;
+      isRegistry = p: lib.hasPrefix "registry+" p.source || lib.hasPrefix "sparse+" p.source;
+      knownRegistry = p: registries ? ${lib.removePrefix "registry+" p.source};
+      registry = filter (p: isRegistry p && knownRegistry p) deps;
+      git = filter (p: !(isRegistry p && knownRegistry p) && lib.hasPrefix "git+" p.source) deps;
+      other = filter (p: !(isRegistry p && knownRegistry p) && !(lib.hasPrefix "git+" p.source)) deps;
+      gitNames = map (p: "${p.name}-${p.version}") git;
+      stale = filter (n: !(builtins.elem n gitNames)) (builtins.attrNames outputHashes);
+      checksumOf =
+        p: p.checksum or (parsed.metadata or { })."checksum ${p.name} ${p.version} (${p.source})" or null;
+      noChecksum = filter (p: checksumOf p == null) registry;
       noHash = filter (p: !(outputHashes ? "${p.name}-${p.version}")) git;
     in
     if (lockFile == null) == (lockFileContents == null) then
       fail "importCargoLock" "give exactly one of lockFile and lockFileContents"
+    else if stale != [ ] then
+      fail "importCargoLock" "A hash was specified for ${builtins.head stale}, but there is no corresponding git dependency."
     else if other != [ ] then
       fail "importCargoLock" "Cannot handle crate source: ${(builtins.head other).source}"
     else if noChecksum != [ ] then
@@ -100,9 +132,28 @@ let
       fail "buildRustPackage" "buildType must be \"release\" or \"debug\""
     else
       builtins.seq checkedLock (
-        mkDerivation "rustPlatform.buildRustPackage" ownArgs (
-          args
+        mkDerivation "rustPlatform.buildRustPackage" (ownArgs ++ addedArgs) (
+          removeAttrs args [
+            "depsExtraArgs"
+            "cargoUpdateHook"
+            "cargoLock"
+          ]
           // {
+            cargoDeps = "cargo-vendor-dir (${toString checkedLock} crates)";
+            cargoBuildType = buildType;
+            cargoCheckType = args.checkType or buildType;
+            cargoBuildNoDefaultFeatures = args.buildNoDefaultFeatures or false;
+            cargoCheckNoDefaultFeatures =
+              args.checkNoDefaultFeatures or (args.buildNoDefaultFeatures or false);
+            cargoBuildFeatures = args.buildFeatures or [ ];
+            cargoCheckFeatures = args.checkFeatures or (args.buildFeatures or [ ]);
+            patchRegistryDeps = "patch-registry-deps";
+            PKG_CONFIG_ALLOW_CROSS = 0;
+            buildAndTestSubdir = args.buildAndTestSubdir or null;
+            postUnpack = args.postUnpack or "";
+            configurePhase = args.configurePhase or "";
+            doCheck = args.doCheck or true;
+            strictDeps = true;
             nativeBuildInputs = (args.nativeBuildInputs or [ ]) ++ [
               rustc
               cargo
