@@ -5,19 +5,13 @@ only. Run it through bench/run.sh (which builds the binary); see README.md.
 """
 
 import argparse
-import ctypes
 import json
 import os
-import pwd
-import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -29,93 +23,29 @@ SEEDED = 10_000
 BASE_STEP = 10_000_000
 
 # ----------------------------------------------------------------- processes
+# Every server comes from the project's test harness (tests/harness): the
+# same throwaway MariaDB, API process and nginx instance the tests use.
 
-_libc = ctypes.CDLL(None, use_errno=True)
+sys.path.insert(0, str(REPO / "tests"))
+from harness import procs  # noqa: E402
+from harness.api import Api as HarnessApi  # noqa: E402
+from harness.mariadb import MariaDB as HarnessMariaDB  # noqa: E402
+from harness.nginx import Nginx as HarnessNginx  # noqa: E402
 
-
-def _die_with_parent():
-    # PR_SET_PDEATHSIG: the child gets SIGTERM when this script dies, even by
-    # SIGKILL, so no server outlives the benchmark.
-    _libc.prctl(1, signal.SIGTERM)
-
-
-STARTED = []  # Popen objects, stopped in reverse order at exit
-
-
-def start(argv, log, env=None, cwd=None):
-    out = open(log, "ab")
-    p = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=cwd,
-        preexec_fn=_die_with_parent,
-    )
-    out.close()
-    STARTED.append(p)
-    return p
-
-
-def stop(p, sig=signal.SIGTERM, within=20):
-    if p.poll() is None:
-        p.send_signal(sig)
-        try:
-            p.wait(within)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    if p in STARTED:
-        STARTED.remove(p)
+STARTED = []  # servers, closed in reverse order at exit
 
 
 def stop_all():
-    for p in reversed(list(STARTED)):
-        stop(p)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, what, within=60):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{what} exited early (code {proc.returncode})")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{what} does not listen on {port} after {within} s")
-
-
-def wait_http(url, proc, what, within=60):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{what} exited early (code {proc.returncode})")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    sys.exit(f"{what}: {url} not 200 after {within} s")
+    for server in reversed(list(STARTED)):
+        server.close()
+        STARTED.remove(server)
 
 
 def program(name):
-    found = shutil.which(name) or shutil.which(
-        name, path="/usr/sbin:/usr/local/sbin:/sbin"
-    )
-    if not found:
-        sys.exit(f"{name} not found (apt-get install wrk mariadb-server nginx)")
-    return found
+    try:
+        return procs.program(name)
+    except FileNotFoundError as e:
+        sys.exit(str(e))
 
 
 # --------------------------------------------------------------- /proc reads
@@ -185,48 +115,21 @@ class MariaDB:
     ]
 
     def __init__(self, root, durable, extra_args=()):
-        self.dir = Path(tempfile.mkdtemp(prefix="mariadb-", dir=root))
-        self.port = free_port()
-        self.durable = durable
-        self.client = program("mariadb")
-        out = subprocess.run(
-            [
-                program("mariadb-install-db"),
-                "--no-defaults",
-                f"--datadir={self.dir / 'data'}",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                f"--user={pwd.getpwuid(os.geteuid()).pw_name}",
-            ],
-            capture_output=True,
-        )
-        if out.returncode != 0:
-            sys.exit("mariadb-install-db failed:\n" + out.stderr.decode())
-        flush = "1" if durable else "2"
-        self.args = self.ARGS + [f"--innodb-flush-log-at-trx-commit={flush}"] + list(extra_args)
-        argv = [
-            program("mariadbd"),
-            "--no-defaults",
-            f"--datadir={self.dir / 'data'}",
-            f"--socket={self.dir / 'mysqld.sock'}",
-            f"--pid-file={self.dir / 'mysqld.pid'}",
-            f"--port={self.port}",
-            "--bind-address=127.0.0.1",
-        ]
-        if os.geteuid() == 0:
-            argv.append("--user=root")
-        self.proc = start(argv + self.args, self.dir / "server.log")
-        wait_port(self.port, self.proc, "mariadbd")
+        self.args = self.ARGS + list(extra_args)
+        try:
+            self.server = HarnessMariaDB.start(durable=durable, extra_args=self.args, root=root)
+        except RuntimeError as e:
+            sys.exit(str(e))
+        STARTED.append(self.server)
+        self.port = self.server.port
+        self.proc = self.server.process
         self.sql("CREATE DATABASE bench")
 
     def sql(self, statement, db=None):
-        argv = [self.client, "-h127.0.0.1", f"-P{self.port}", "-uroot", "-N", "-B"]
-        if db:
-            argv.append(db)
-        out = subprocess.run(argv, input=statement.encode(), capture_output=True)
-        if out.returncode != 0:
-            sys.exit(f"mariadb client failed: {out.stderr.decode()}")
-        return out.stdout.decode()
+        try:
+            return self.server.sql(statement, database=db)
+        except RuntimeError as e:
+            sys.exit(str(e))
 
     def url(self):
         return f"mysql://root@127.0.0.1:{self.port}/bench"
@@ -253,76 +156,51 @@ class MariaDB:
 
 class Api:
     def __init__(self, root, binary, db_url, env_overrides, name):
-        self.port = free_port()
-        self.log = root / f"api-{name}.log"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("ROCKET_", "DATABASE_"))
-        }
-        env.update(
-            ROCKET_ADDRESS="127.0.0.1",
-            ROCKET_PORT=str(self.port),
-            DATABASE_URL=db_url,
-        )
-        env.update(env_overrides)
         # cwd = the repo: the shipped Rocket.toml applies, as in a local run.
-        self.proc = start([str(binary)], self.log, env=env, cwd=REPO)
-        wait_http(f"http://127.0.0.1:{self.port}/readyz", self.proc, "user-api")
+        try:
+            self.server = HarnessApi(db_url, env=env_overrides, bin_path=binary, cwd=REPO)
+        except RuntimeError as e:
+            sys.exit(str(e))
+        STARTED.append(self.server)
+        self.port = self.server.port
+        self.proc = self.server.process
+        self.log = self.server.log_path
 
     def stop(self):
-        stop(self.proc)
+        self.server.close()
+        STARTED.remove(self.server)
 
 
 # --------------------------------------------------------------------- nginx
 
 
 class Nginx:
-    """The project's nginx.conf, unchanged but for the lines a second instance
-    must change: the two listen ports, the pid file and the temp paths (all
-    in a temp dir). upstream.conf points at the API; rate_limit_exempt.conf
-    exempts 127.0.0.1 from the per-address limits (nginx/README.md)."""
+    """The project's nginx.conf, unchanged, through the harness: its include
+    files point it at the API and exempt 127.0.0.1 from the per-address
+    limits (wrk is one address); variants set the worker count or turn the
+    access log off."""
 
     def __init__(self, root, api_port, workers, name, access_log=True):
-        self.dir = root / f"nginx-{name}"
-        self.dir.mkdir()
-        self.port, self.status_port = free_port(), free_port()
-        conf = (REPO / "nginx" / "nginx.conf").read_text()
-        edits = [
-            (r"(?m)^(\s*listen\s+)8080(\s)", rf"\g<1>{self.port}\2"),
-            (r"(?m)^(\s*listen\s+)8081(\s*;)", rf"\g<1>{self.status_port}\2"),
-            (r"(?m)^pid\s+/tmp/nginx\.pid;", f"pid {self.dir}/nginx.pid;"),
-            (r"/tmp/nginx-", f"{self.dir}/nginx-"),
-        ]
-        if not access_log:
-            # Only to measure what the access log costs.
-            edits.append((r"(?m)^(\s*)access_log\s+/dev/stdout[^;]*;", r"\1access_log off;"))
-        if workers is not None:
-            edits.append(
-                (r"(?m)^worker_processes\s+auto;", f"worker_processes {workers};")
+        files = {"rate_limit_exempt.conf": '127.0.0.1 "";\n'}
+        if access_log:
+            # As shipped: JSON lines to stdout, buffered, here into a file.
+            files["access-log.conf"] = f"access_log {root}/nginx-{name}-access.log json_access buffer=4k flush=1s;\n"
+        try:
+            self.server = HarnessNginx.start(
+                f"127.0.0.1:{api_port}", files=files, access_log=access_log, workers=workers
             )
-        for pattern, replacement in edits:
-            conf, n = re.subn(pattern, replacement, conf)
-            if n == 0:
-                sys.exit(f"nginx.conf changed: no match for {pattern!r}")
-        (self.dir / "nginx.conf").write_text(conf)
-        (self.dir / "upstream.conf").write_text(f"server 127.0.0.1:{api_port};\n")
-        (self.dir / "rate_limit_exempt.conf").write_text('127.0.0.1 "";\n')
-        nginx = program("nginx")
-        argv = [nginx, "-e", "stderr", "-c", str(self.dir / "nginx.conf")]
-        check = subprocess.run(argv[:1] + ["-t"] + argv[1:], capture_output=True)
-        if check.returncode != 0:
-            sys.exit("nginx -t failed:\n" + check.stderr.decode())
-        # stdout (the access log) and stderr to a file.
-        self.proc = start(argv, self.dir / "nginx.log")
-        wait_http(f"http://127.0.0.1:{self.status_port}/healthz", self.proc, "nginx")
+        except RuntimeError as e:
+            sys.exit(str(e))
+        STARTED.append(self.server)
+        self.port, self.status_port = self.server.port, self.server.status_port
+        self.proc = self.server.process
 
     def pids(self):
-        return [self.proc.pid] + children(self.proc.pid)
+        return self.server.pids
 
     def stop(self):
-        # SIGQUIT: graceful, like the image's stop.
-        stop(self.proc, signal.SIGQUIT)
+        self.server.close()
+        STARTED.remove(self.server)
 
 
 # ----------------------------------------------------------------------- wrk
@@ -366,16 +244,10 @@ def wrk(args, url, script, script_args, seconds, work):
         url,
         "--",
     ] + script_args
-    log = open(work / "wrk.out", "wb")
-    p = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
-    )
-    STARTED.append(p)
+    p = procs.spawn(argv, work / "wrk.out", env=env)
     # wait4: wrk's own CPU time, reaped here.
     _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
-    STARTED.remove(p)
-    log.close()
     text = (work / "wrk.out").read_text()
     if p.returncode != 0:
         sys.exit(f"wrk failed ({p.returncode}):\n{text}")

@@ -72,8 +72,9 @@ class Nginx:
         for attempt in range(3):
             port, status_port = ports.free_port(), ports.free_port()
             directory = _instance_dir(upstream, files, port, status_port, access_log)
-            extra = ["-g", f"worker_processes {workers};"] if workers else []
-            process = procs.spawn(_argv(directory, *extra), directory / "error.log")
+            if workers:
+                (directory / "workers.conf").write_text(f"worker_processes {workers};\n")
+            process = procs.spawn(_argv(directory), directory / "error.log")
             proxy = cls(directory, port, status_port, process)
             try:
                 ports.wait_until(proxy._answers, within, "nginx", alive=proxy.running)
