@@ -1,0 +1,32 @@
+"""The nginx configuration each overlay deploys is valid for a real nginx:
+the ConfigMap's files, exactly as rendered, under `nginx -t` (Debian's nginx,
+through the project's harness, which swaps in loopback listen ports and a
+loopback upstream only; nginx.conf is the shipped file itself)."""
+
+import pytest
+
+from conftest import TARGETS, one, render
+from harness import nginx
+
+# What the harness sets for a loopback instance; everything else comes from the ConfigMap.
+HARNESS_OWN = {"nginx.conf", "upstream.conf", "listen.conf", "status-listen.conf", "access-log.conf"}
+
+
+def configmap_files(target):
+    docs = render(target)
+    proxy = one(docs, "Deployment", "proxy")["spec"]["template"]["spec"]
+    name = next(v["configMap"]["name"] for v in proxy["volumes"] if "configMap" in v)
+    return one(docs, "ConfigMap", name)["data"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_configmap_passes_nginx_t(target):
+    files = {k: v for k, v in configmap_files(target).items() if k not in HARNESS_OWN}
+    out = nginx.check(files)
+    assert out.returncode == 0, f"nginx -t with k8s/{target}'s ConfigMap:\n{out.stderr}"
+    assert "syntax is ok" in out.stderr and "test is successful" in out.stderr
+
+
+def test_nginx_t_bites():
+    out = nginx.check({"real-ip.conf": "set_real_ip_from not-an-address;\n"})
+    assert out.returncode != 0
