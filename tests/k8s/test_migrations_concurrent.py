@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from k8s_manifests import REPO
 from harness import ports, procs
 from harness.mariadb import MariaDB, wait_ready
 

@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import one, render
+from k8s_manifests import one, render
 from harness.nginx import Nginx
 
 BURST = 4

@@ -7,11 +7,11 @@ import copy
 
 import pytest
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-from kubernetes_validate.utils import SchemaNotFoundError, ValidationError, all_versions  # noqa: E402
-from packaging.version import Version  # noqa: E402
+import kubernetes_validate  # PyPI kubernetes-validate (tests/requirements.txt): the schemas, offline
+from kubernetes_validate.utils import SchemaNotFoundError, ValidationError, all_versions
+from packaging.version import Version
 
-from conftest import TARGETS, render  # noqa: E402
+from k8s_manifests import TARGETS, render
 
 OLDEST, NEWEST = Version("1.25"), Version("1.37")
 VERSIONS = [

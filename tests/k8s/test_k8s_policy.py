@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from conftest import (
+from k8s_manifests import (
     K8S,
     NAMESPACE,
     OVERLAYS,
@@ -373,20 +373,42 @@ def test_configmap_has_every_include_and_nothing_else(docs):
     assert "binaryData" not in cm
 
 
-def test_overlays_replace_only_the_include_files_they_must(target, docs):
-    """Every file an overlay does not replace is byte-identical to nginx/; the
-    files an overlay replaces are exactly the ones it names, from its own
-    directory."""
-    cm = nginx_config(docs)
+def replaced_files(target):
+    """Include files the kustomizations from the base up to `target` put over nginx/'s:
+    the *.conf files next to each kustomization.yaml, the later one winning."""
+    chain = [K8S / "base"] + ([K8S / target] if target != "base" else [])
     replaced = {}
-    if target.startswith("overlays/"):
-        overlay = K8S / target
-        for path in overlay.glob("*.conf"):
+    for directory in chain:
+        for path in sorted(directory.glob("*.conf")):
             replaced[path.name] = path.read_text()
+    return replaced
+
+
+def test_overlays_replace_only_the_include_files_they_must(target, docs):
+    """Every file not replaced is byte-identical to nginx/; the replaced ones
+    are exactly the files next to the kustomizations; nginx.conf and
+    upstream.conf are never among them."""
+    cm = nginx_config(docs)
+    replaced = replaced_files(target)
     assert "nginx.conf" not in replaced and "upstream.conf" not in replaced
+    assert set(replaced) <= set(shipped_includes())
     for name, content in cm["data"].items():
         expected = replaced.get(name, (REPO / "nginx" / name).read_text())
         assert content == expected, f"{name} in k8s/{target}"
+
+
+def cpus(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_nginx_workers_match_the_cpu_limit(docs):
+    """nginx counts the node's CPUs for `auto`: workers.conf pins the count to the container's
+    CPU limit instead."""
+    cm = nginx_config(docs)
+    (workers,) = re.findall(r"^\s*worker_processes\s+(\S+)\s*;", cm["data"]["workers.conf"], re.M)
+    c = one(docs, "Deployment", "proxy")["spec"]["template"]["spec"]["containers"][0]
+    limit = cpus(c["resources"]["limits"]["cpu"])
+    assert workers != "auto" and int(workers) == max(1, int(limit)), (workers, limit)
 
 
 def test_upstream_is_the_api_service(docs):

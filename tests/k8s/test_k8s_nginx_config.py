@@ -5,7 +5,7 @@ loopback upstream only; nginx.conf is the shipped file itself)."""
 
 import pytest
 
-from conftest import TARGETS, one, render
+from k8s_manifests import TARGETS, one, render
 from harness import nginx
 
 # What the harness sets for a loopback instance; everything else comes from the ConfigMap.
