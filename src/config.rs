@@ -59,6 +59,9 @@ impl Default for ServiceDefaults {
 pub struct AppSettings {
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Rocket's own records (its `log_level`), bridged into the same log.
+    #[serde(default = "log_off")]
+    pub log_level: LogLevel,
     /// One line per request; off only to measure what logging costs.
     #[serde(default = "yes")]
     pub access_log: bool,
@@ -66,6 +69,10 @@ pub struct AppSettings {
 
 fn yes() -> bool {
     true
+}
+
+fn log_off() -> LogLevel {
+    LogLevel::Off
 }
 
 /// `databases.users`: either `url`, or `host` + `port` + `name` + `user` +

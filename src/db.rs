@@ -17,8 +17,6 @@ use crate::domain::{PageSize, User, UserId, UserName};
 use crate::error::ApiError;
 use crate::log;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
-
 #[derive(Database)]
 #[database("users")]
 pub struct Db(UserPool);
@@ -141,12 +139,7 @@ async fn start(figment: &Figment) -> Result<UserPool, String> {
         .acquire_timeout(settings.connect_timeout())
         .idle_timeout(Some(settings.idle_timeout()).filter(|d| !d.is_zero()))
         .connect_lazy_with(options.clone());
-    // Two replicas starting together are fine: the migrator holds a
-    // server-side GET_LOCK while it applies migrations.
-    MIGRATOR
-        .run(&pool)
-        .await
-        .map_err(|e| format!("database migrations failed: {e}"))?;
+    migrate(&pool, settings.startup_timeout()).await?;
     log::info(&format!("database ready at {}", settings.describe()));
     Ok(UserPool {
         pool,
@@ -157,6 +150,37 @@ async fn start(figment: &Figment) -> Result<UserPool, String> {
             connect_timeout: settings.connect_timeout(),
         }),
     })
+}
+
+/// Applies the embedded migrations under a server-side lock, so replicas
+/// starting together apply each migration once. sqlx 0.7 locks with
+/// `GET_LOCK(name, -1)` and ignores the answer, but MariaDB takes a negative
+/// timeout as "do not wait" and answers NULL at once: replicas then raced
+/// into the same migration (duplicate key in `_sqlx_migrations`, an exit 1).
+/// So the lock is taken here, with a real timeout, and must be granted.
+async fn migrate(pool: &MySqlPool, wait: Duration) -> Result<(), String> {
+    let failed = |e: sqlx::Error| format!("database migrations failed: {e}");
+    let mut connection = pool.acquire().await.map_err(failed)?;
+    let lock = "CONCAT('user-api-migrations:', SHA1(DATABASE()))";
+    let granted: Option<i64> =
+        sqlx::query_scalar(&format!("SELECT CAST(GET_LOCK({lock}, ?) AS SIGNED)"))
+            .bind(wait.as_secs().max(1))
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(failed)?;
+    if granted != Some(1) {
+        return Err(format!(
+            "database migrations not applied: another instance held the migration lock for {wait:.0?}"
+        ));
+    }
+    let mut migrator = sqlx::migrate!();
+    migrator.set_locking(false);
+    let applied = migrator.run_direct(&mut *connection).await;
+    // Released with the connection too, should this fail.
+    let _ = sqlx::query(&format!("SELECT RELEASE_LOCK({lock})"))
+        .execute(&mut *connection)
+        .await;
+    applied.map_err(|e| format!("database migrations failed: {e}"))
 }
 
 /// Containers start in any order: retry with backoff, one line per failed

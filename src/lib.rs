@@ -29,7 +29,7 @@ pub fn rocket() -> Rocket<Build> {
 pub fn build(figment: Figment) -> Rocket<Build> {
     let settings = figment.extract::<config::AppSettings>();
     if let Ok(settings) = &settings {
-        log::init(settings.log_format);
+        log::init(settings.log_format, settings.log_level);
     }
     let access_log = settings.as_ref().map_or(true, |s| s.access_log);
     rocket::custom(figment)

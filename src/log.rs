@@ -1,13 +1,26 @@
 //! The process's own log: one line per event on stdout, human-readable by
-//! default, JSON when `log_format = "json"`. Rocket's chatty per-request
-//! output is turned down in favour of [`request`].
+//! default, JSON when `log_format = "json"`, through `tracing`.
+//!
+//! Lines are formatted on the thread that logs and written by
+//! tracing-appender's worker thread, which drains everything queued and
+//! writes it with one `write(2)`: the request path never waits for stdout,
+//! and a line reaches stdout as soon as the worker is scheduled. The queue
+//! blocks rather than drops when full (no line is lost under load), and
+//! [`finish`] writes out what is queued before the process exits. Rocket's
+//! own `log` records are bridged into the same output, filtered by its
+//! `log_level` (off by default: its per-request trace is chattier than the
+//! request itself).
 
-use std::io::Write;
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::io::BufWriter;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
+use rocket::config::LogLevel;
 use serde::Deserialize;
-use serde_json::json;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt;
+use tracing_subscriber::prelude::*;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -19,107 +32,94 @@ pub enum LogFormat {
 
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
-/// The first call wins: the format is fixed for the life of the process.
-pub fn init(format: LogFormat) {
-    let _ = FORMAT.set(format);
+/// Dropped by [`finish`]: the worker writes out its queue, then stops.
+static WORKER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// Room for bursts: at ~150 bytes a line, 64 KiB is one `write(2)` per
+/// ~400 lines.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The first call wins: format and levels are fixed for the life of the
+/// process (the tests build many servers in one process).
+pub fn init(format: LogFormat, rocket_level: LogLevel) {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(BufWriter::with_capacity(
+            WRITE_BUFFER_BYTES,
+            std::io::stdout(),
+        ));
+    let filter = Targets::new()
+        .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::INFO)
+        .with_default(rocket_filter(rocket_level));
+    let layer = fmt::layer()
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_target(false);
+    let installed = match format {
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(
+                layer
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_filter(filter),
+            )
+            .try_init(),
+    };
+    if installed.is_ok() {
+        let _ = FORMAT.set(format);
+        *WORKER.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+    }
 }
 
-fn format() -> LogFormat {
-    FORMAT.get().copied().unwrap_or_default()
+fn rocket_filter(level: LogLevel) -> LevelFilter {
+    match level {
+        LogLevel::Off => LevelFilter::OFF,
+        LogLevel::Critical => LevelFilter::WARN,
+        LogLevel::Normal => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::TRACE,
+    }
+}
+
+/// Writes out every queued line; call it last, before the process exits.
+pub fn finish() {
+    drop(WORKER.lock().unwrap_or_else(|e| e.into_inner()).take());
 }
 
 pub fn info(message: &str) {
-    event("info", message);
+    tracing::info!("{message}");
 }
 
 pub fn warn(message: &str) {
-    event("warn", message);
+    tracing::warn!("{message}");
 }
 
 pub fn error(message: &str) {
-    event("error", message);
-}
-
-fn event(level: &str, message: &str) {
-    let ts = timestamp(SystemTime::now());
-    let line = match format() {
-        LogFormat::Text => format!("{ts} {:<5} {message}\n", level.to_uppercase()),
-        LogFormat::Json => format!("{}\n", json!({"ts": ts, "level": level, "msg": message})),
-    };
-    write_line(&line);
+    tracing::error!("{message}");
 }
 
 /// The access log line. The query string is left out on purpose: it carries
 /// user data (usernames) that has no business in logs.
 pub fn request(method: &str, path: &str, status: u16, latency: Duration, request_id: &str) {
-    let ts = timestamp(SystemTime::now());
-    let millis = latency.as_secs_f64() * 1000.0;
-    let line = match format() {
-        LogFormat::Text => {
-            format!("{ts} INFO  {method} {path} {status} {millis:.2}ms request_id={request_id}\n")
-        }
-        LogFormat::Json => format!(
-            "{}\n",
-            json!({
-                "ts": ts,
-                "level": "info",
-                "msg": "request",
-                "method": method,
-                "path": path,
-                "status": status,
-                "latency_ms": (millis * 1000.0).round() / 1000.0,
-                "request_id": request_id,
-            })
+    let latency_ms = (latency.as_secs_f64() * 1_000_000.0).round() / 1000.0;
+    match FORMAT.get().copied().unwrap_or_default() {
+        // What a person scans for first, then the id to grep for.
+        LogFormat::Text => tracing::info!(
+            request_id = %request_id,
+            "{method} {path} {status} {latency_ms:.2}ms"
         ),
-    };
-    write_line(&line);
-}
-
-fn write_line(line: &str) {
-    // One write per line (stdout is line-buffered), so lines from
-    // concurrent requests never interleave.
-    let _ = std::io::stdout().lock().write_all(line.as_bytes());
-}
-
-/// RFC 3339 UTC with milliseconds, without pulling in a date crate.
-fn timestamp(now: SystemTime) -> String {
-    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_790_635_395_123);
-        assert_eq!(timestamp(t), "2026-09-28T22:43:15.123Z");
-        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(&timestamp(leap)[..10], "2000-02-29");
+        LogFormat::Json => tracing::info!(
+            method = %method,
+            path = %path,
+            status,
+            latency_ms,
+            request_id = %request_id,
+            "request"
+        ),
     }
 }

@@ -66,7 +66,7 @@ fn serve() -> ExitCode {
             },
         }
     });
-    match served {
+    let code = match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let reason = match e.kind() {
@@ -78,7 +78,9 @@ fn serve() -> ExitCode {
             user_api::log::error(&format!("stopped: {reason}"));
             ExitCode::FAILURE
         }
-    }
+    };
+    user_api::log::finish();
+    code
 }
 
 /// Only once every request is done: see `UserPool::close`.
