@@ -3,11 +3,18 @@
     from harness import compose
 
     compose.ensure_plugin()                        # `docker compose` works, or is made to
-    with compose.Project() as project:             # unique name, free port, own secrets
+    with compose.Project() as project:             # unique name, port, subnet, directory
+        project.make_secrets()                     # ./secrets there, by the documented one-liner
         project.up()                               # up -d --wait
         requests.get(project.url("/healthz"))
         project.compose("restart", "db")
+        project.exec("db", "mariadb", "-e", "SELECT 1")      # compose exec -T
+        project.inspect("db")["State"]                      # docker inspect of its container
     # gone: `down -v`, then every container, network and volume labelled with the project
+
+Other compose files can be merged over the repository's (``overrides=[...]``: a test's own
+additions, the file users run stays as it is); ``docker_run`` starts a probe container that is
+removed with the project; ``resources()`` lists what the engine still holds for it.
 
 Each :class:`Project` gets
 
@@ -73,13 +80,19 @@ def _run(args, *, check=True, timeout=120, env=None, input=None) -> subprocess.C
     except subprocess.TimeoutExpired as e:
         raise ComposeError(f"`{' '.join(map(str, args))}` did not finish within {timeout} s") from e
     if check and r.returncode != 0:
+        out = (r.stderr.strip() or r.stdout.strip()).splitlines()
+        # compose's progress lines first: the error is at the end
         raise ComposeError(f"`{' '.join(map(str, args))}` exited {r.returncode}:\n"
-                           f"{r.stderr.strip() or r.stdout.strip()}")
+                           + "\n".join(out[-15:]))
     return r
 
 
 def docker(*args, check=True, timeout=120) -> subprocess.CompletedProcess:
     return _run(["docker", *args], check=check, timeout=timeout)
+
+
+def inspect_container(container_id: str) -> dict:
+    return json.loads(docker("inspect", container_id).stdout)[0]
 
 
 # ---- Compose v2 as a docker CLI plugin -----------------------------------------------------------
@@ -150,8 +163,12 @@ def versions() -> dict[str, str]:
 
 def _subnets_in_use() -> list[ipaddress.IPv4Network]:
     used = []
-    r = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True)
-    for line in r.stdout.splitlines():
+    try:
+        routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True,
+                                text=True).stdout
+    except FileNotFoundError:  # no iproute2: the docker networks are still checked
+        routes = ""
+    for line in routes.splitlines():
         word = line.split()[0] if line.split() else ""
         if word and word != "default":
             try:
@@ -188,9 +205,12 @@ class Project:
 
     def __init__(self, prefix: str = "e2e", compose_file: Path = COMPOSE_FILE,
                  env: dict[str, str] | None = None, own_subnet: bool = True,
-                 workdir: Path | None = None):
+                 workdir: Path | None = None, overrides: list[Path] = ()):
+        """``overrides``: further compose files, merged over ``compose_file`` in order (a test's
+        own additions; the repository's file itself is never changed)."""
         self.name = f"usrapi-{prefix}-{os.getpid()}-{random.randbytes(3).hex()}"
         self.compose_file = Path(compose_file)
+        self.overrides = [Path(o) for o in overrides]
         self.dir = Path(tempfile.mkdtemp(prefix=f"{self.name}.", dir=workdir))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
         self.env["HTTP_PORT"] = str(free_port())
@@ -222,15 +242,24 @@ class Project:
                        timeout=30)
 
     def secret(self, name: str) -> str:
+        """The value of ``secrets/<name>.txt`` (without a trailing newline)."""
         return (self.dir / "secrets" / f"{name}.txt").read_text().rstrip("\n")
 
     # -- compose
     def command(self, *args) -> list[str]:
-        return ["docker", "compose", "-f", str(self.compose_file), "--project-directory",
-                str(self.dir), "-p", self.name, *args]
+        files = [a for f in (self.compose_file, *self.overrides) for a in ("-f", str(f))]
+        return ["docker", "compose", *files, "--project-directory", str(self.dir),
+                "-p", self.name, *args]
 
-    def compose(self, *args, check=True, timeout=300) -> subprocess.CompletedProcess:
-        return _run(self.command(*args), check=check, timeout=timeout, env=self.env)
+    def compose(self, *args, check=True, timeout=300, input=None) -> subprocess.CompletedProcess:
+        """``docker compose <args>`` for this project; raises ComposeError (with the end of
+        compose's output) on a non-zero exit unless ``check=False``."""
+        return _run(self.command(*args), check=check, timeout=timeout, env=self.env, input=input)
+
+    def exec(self, service: str, *argv, input=None, check=True, timeout=120):
+        """``compose exec -T service argv...`` (stdin from ``input``), as the image's user."""
+        return self.compose("exec", "-T", service, *argv, input=input, check=check,
+                            timeout=timeout)
 
     def up(self, *services, timeout: int = 180, extra=()) -> float:
         """``up -d --wait`` (all services, or those named); returns the seconds it took."""
@@ -256,12 +285,9 @@ class Project:
             raise ComposeError(f"service {service} has no {'' if all else 'running '}container")
         return ids[0]
 
-    def inspect(self, service_or_id: str) -> dict:
-        """``docker inspect`` of a service's container (or of a container id)."""
-        cid = service_or_id
-        if service_or_id in ("db", "api", "proxy") or "/" in service_or_id:
-            cid = self.container_id(service_or_id, all=True)
-        return json.loads(docker("inspect", cid).stdout)[0]
+    def inspect(self, service: str) -> dict:
+        """``docker inspect`` of the service's container (running or not)."""
+        return inspect_container(self.container_id(service, all=True))
 
     def pid(self, service: str) -> int:
         """Host PID of the service container's PID 1."""
