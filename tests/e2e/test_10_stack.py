@@ -1,0 +1,89 @@
+"""The stack as a user starts it: documented secrets, `up --wait`, the README's calls."""
+
+import re
+import stat
+
+import requests
+
+from harness import compose
+
+REPO = compose.REPO
+
+
+def _normalized(text: str) -> str:
+    """Comment markers and indentation out, one space between words."""
+    lines = [re.sub(r"^\s*#?\s*", "", line) for line in text.splitlines()]
+    return " ".join(" ".join(lines).split())
+
+
+def test_the_secrets_one_liner_is_the_documented_one():
+    one_liner = _normalized(compose.SECRETS_ONE_LINER)
+    for doc in ("README.md", "docker-compose.yml"):
+        assert one_liner in _normalized((REPO / doc).read_text()), (
+            f"{doc} no longer documents the secrets one-liner the tests run:\n"
+            f"{compose.SECRETS_ONE_LINER}")
+
+
+def test_secrets_are_0644_files_in_a_0700_directory(project):
+    d = project.dir / "secrets"
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700, f"{d}: mode {oct(d.stat().st_mode)}"
+    for name in compose.SECRETS:
+        f = d / f"{name}.txt"
+        mode = stat.S_IMODE(f.stat().st_mode)
+        assert mode == 0o644, f"{f}: mode {oct(mode)}, want 0644 (uids 999/65534 read it)"
+        assert len(project.secret(name)) >= 32, f"{f}: too short: {project.secret(name)!r}"
+
+
+def test_compose_config_is_valid_and_holds_no_password(project):
+    config = project.config()
+    for name in compose.SECRETS:
+        assert project.secret(name) not in config, f"the {name} value is in `compose config`"
+    assert "pull_policy: never" in config
+    password_vars = re.findall(r"^\s+([A-Z_]*PASSWORD[A-Z_]*): (.*)$", config, re.M)
+    assert password_vars, "no *PASSWORD* variable at all: the config is not what we expect"
+    for var, value in password_vars:
+        assert var.endswith("_FILE") and value.startswith("/run/secrets/"), (
+            f"{var}={value}: passwords reach the containers only as files (*_FILE)")
+
+
+def test_up_wait_brings_db_api_and_proxy_up_healthy(stack):
+    for service in ("db", "api", "proxy"):
+        health = stack.inspect(service)["State"]["Health"]["Status"]
+        assert health == "healthy", f"{service} is {health} after `up --wait`"
+    assert stack.up_seconds < 60, f"`up -d --wait` took {stack.up_seconds:.1f} s"
+
+
+def test_the_two_seed_calls_work_through_the_published_port(stack):
+    # curl -X POST "localhost:80/create_user?userid=1&username=John"
+    r = requests.post(stack.url("/create_user?userid=1&username=John"), timeout=10)
+    assert r.status_code == 201, f"create_user: {r.status_code} {r.text}"
+    assert r.headers["Location"] == "/users/1"
+    # curl "localhost:80/get_user?userid=1"
+    r = requests.get(stack.url("/get_user?userid=1"), timeout=10)
+    assert r.status_code == 200, f"get_user: {r.status_code} {r.text}"
+    assert r.json() == {"userid": 1, "username": "John"}
+
+
+def test_the_rest_api_works_through_the_proxy(stack):
+    s, url = requests.Session(), stack.url
+
+    def call(method, path, want, body=None):
+        r = s.request(method, url(path), json=body, timeout=10)
+        assert r.status_code == want, f"{method} {path}: {r.status_code} {r.text}, want {want}"
+        assert r.headers.get("X-Request-Id"), f"{method} {path}: no X-Request-Id"
+        return r.json() if r.content else None
+
+    assert call("POST", "/users", 201, {"userid": 2, "username": "Ada"}) == \
+        {"userid": 2, "username": "Ada"}
+    call("POST", "/users", 201, {"userid": 3, "username": "Bob"})
+    assert call("GET", "/users/2", 200) == {"userid": 2, "username": "Ada"}
+    assert call("PUT", "/users/2", 200, {"username": "Ada L."})["username"] == "Ada L."
+    assert call("GET", "/users/2", 200)["username"] == "Ada L."
+    page = call("GET", "/users?limit=2", 200)
+    assert [u["userid"] for u in page["users"]] == [1, 2] and page["next_after"] == 2
+    assert [u["userid"] for u in call("GET", "/users?limit=2&after=2", 200)["users"]] == [3]
+    assert call("POST", "/users", 409, {"userid": 2, "username": "Dup"})["error"]
+    call("DELETE", "/users/3", 204)
+    assert call("GET", "/users/3", 404)["error"]
+    call("GET", "/readyz", 200)
+    call("GET", "/healthz", 200)
