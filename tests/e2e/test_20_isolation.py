@@ -153,7 +153,7 @@ def test_a_small_load_stays_well_below_the_memory_and_pids_limits(stack, record)
                    for p in ("/get_user?userid=1", "/users?limit=20")]
         futures += [writes.submit(post, 5000 + i) for i in range(100)]
         burst = [f.result() for f in futures]
-    time.sleep(2)  # the rate limiter's bucket drains
+    time.sleep(3)  # the rate limiter's bucket (burst 40 at 20 r/s) drains: 2 s, and a margin
 
     # 2) paced: 4 clients, 32 requests each at ~4 r/s (16 r/s in all, below the 20 r/s limit)
     def client(w):

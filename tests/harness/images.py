@@ -390,6 +390,12 @@ def remove(ref_ids: dict[str, str]) -> None:
     for ref, loaded in ref_ids.items():
         if image_id(ref) == loaded:
             subprocess.run(["docker", "rmi", ref], capture_output=True)
+    # Stand-ins an earlier load left untagged (a new build took the tag), unless still in use.
+    dangling = subprocess.run(["docker", "image", "ls", "-q", "--filter", "dangling=true",
+                               "--filter", f"label={STAND_IN_LABEL}"],
+                              capture_output=True, text=True).stdout.split()
+    for iid in dangling:
+        subprocess.run(["docker", "rmi", iid], capture_output=True)
 
 
 # ---- present images against the contract --------------------------------------------------------
