@@ -68,11 +68,21 @@ async fn a_database_outage_gives_503_then_recovers_by_itself() {
     assert_eq!(created.status, 201);
 
     server.stop();
-    for target in ["/users/1", "/readyz"] {
+    for (target, codes) in [
+        // A pooled connection used within the last second is not pinged
+        // first (src/db.rs): the first statement may find it dead, after
+        // it was sent, and say so. Then the API knows the database is down.
+        (
+            "/users/1",
+            &["database_interrupted", "database_unavailable"][..],
+        ),
+        ("/readyz", &["database_unavailable"][..]),
+    ] {
         let asked = Instant::now();
         let response = get(app.addr, target).await.unwrap();
         assert_eq!(response.status, 503, "{target}: {}", response.body);
-        assert_eq!(response.error_code(), "database_unavailable");
+        let code = response.error_code();
+        assert!(codes.contains(&code.as_str()), "{target}: {code}");
         assert_eq!(response.header("retry-after"), Some("1"));
         assert!(
             asked.elapsed() < Duration::from_secs(4),
