@@ -73,31 +73,22 @@ async fn drive(outage: Outage) {
     // Once the API has said `database_unavailable` it knows, and every
     // kind of call is refused at once.
     let mut known_down = false;
+    let mut observe = |what: String, (response, took): (HttpResponse, Duration)| {
+        let bound = if known_down {
+            KNOWN_DOWN_ANSWER
+        } else {
+            FIRST_ANSWER
+        };
+        assert_database_503(&what, &response, took, bound);
+        known_down |= response.error_code() == "database_unavailable";
+    };
     for round in 0..10u32 {
-        let bound = if known_down {
-            KNOWN_DOWN_ANSWER
-        } else {
-            FIRST_ANSWER
-        };
-        let (read, took) = timed("GET /users/1", get(app.addr, "/users/1")).await;
-        assert_database_503(&format!("read {round}"), &read, took, bound);
-        known_down |= read.error_code() == "database_unavailable";
-        let bound = if known_down {
-            KNOWN_DOWN_ANSWER
-        } else {
-            FIRST_ANSWER
-        };
-        let (write, took) = create(app.addr, 100 + round, "during").await;
-        assert_database_503(&format!("write {round}"), &write, took, bound);
-        known_down |= write.error_code() == "database_unavailable";
-        let bound = if known_down {
-            KNOWN_DOWN_ANSWER
-        } else {
-            FIRST_ANSWER
-        };
-        let (ready, took) = timed("GET /readyz", get(app.addr, "/readyz")).await;
-        assert_database_503(&format!("/readyz {round}"), &ready, took, bound);
-        known_down |= ready.error_code() == "database_unavailable";
+        let read = timed("GET /users/1", get(app.addr, "/users/1")).await;
+        observe(format!("read {round}"), read);
+        let write = create(app.addr, 100 + round, "during").await;
+        observe(format!("write {round}"), write);
+        let ready = timed("GET /readyz", get(app.addr, "/readyz")).await;
+        observe(format!("/readyz {round}"), ready);
     }
     assert!(
         known_down,

@@ -94,7 +94,7 @@ def stack_images(compose_plugin, record):
         yield refs
         return
     try:
-        refs = images.build_stand_ins()
+        refs = images.build_stand_ins(tag=f"{images.version()}-standin-{os.getpid()}")
     except (FileNotFoundError, RuntimeError) as e:
         pytest.fail(f"building the stand-in images failed: {e}", pytrace=False)
     loaded = {ref: images.image_id(ref) for ref in refs.values()}
@@ -107,7 +107,7 @@ def stack_images(compose_plugin, record):
 @pytest.fixture(scope="session")
 def project(stack_images):
     """The session's compose project, with its secrets; not started."""
-    with compose.Project(prefix="e2e") as p:
+    with compose.Project(prefix="e2e", env=images.compose_env(stack_images)) as p:
         p.make_secrets()
         CURRENT["project"] = p
         try:

@@ -71,10 +71,17 @@ def version() -> str:
         return tomllib.load(f)["package"]["version"]
 
 
-def refs() -> dict[str, str]:
-    """service -> the reference compose expects (``user-api:0.1.0`` ...)."""
-    v = version()
+def refs(tag: str | None = None) -> dict[str, str]:
+    """service -> image reference: the one compose expects by default (``user-api:0.1.0``
+    ...), or the same names with another ``tag``."""
+    v = tag or version()
     return {service: f"{c['image']}:{v}" for service, c in contract().items()}
+
+
+def compose_env(references: dict[str, str]) -> dict[str, str]:
+    """The variables that make docker-compose.yml run these images."""
+    return {"API_IMAGE": references["api"], "PROXY_IMAGE": references["proxy"],
+            "DB_IMAGE": references["db"]}
 
 
 # ---- layers ------------------------------------------------------------------------------------
@@ -361,9 +368,12 @@ def default_api_bin() -> Path:
     return target / "release" / "user-api"
 
 
-def build_stand_ins(api_bin: Path | None = None, workdir: Path | None = None) -> dict[str, str]:
-    """Builds and loads the three stand-ins; returns service -> reference."""
-    c, tags = contract(), refs()
+def build_stand_ins(api_bin: Path | None = None, workdir: Path | None = None,
+                    tag: str | None = None) -> dict[str, str]:
+    """Builds and loads the three stand-ins; returns service -> reference. Under a ``tag`` of
+    the run's own (e.g. ``0.1.0-standin-<pid>``), two runs on one engine never untag each
+    other's images; compose is pointed at them with :func:`compose_env`."""
+    c, tags = contract(), refs(tag)
     builders = {
         "api": lambda: api_image(c["api"], api_bin or default_api_bin()),
         "proxy": lambda: proxy_image(c["proxy"]),
