@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ from harness import procs  # noqa: E402
 from harness.api import Api as HarnessApi  # noqa: E402
 from harness.mariadb import MariaDB as HarnessMariaDB  # noqa: E402
 from harness.nginx import Nginx as HarnessNginx  # noqa: E402
+from harness.ports import free_port, wait_port  # noqa: E402
 
 STARTED = []  # servers, closed in reverse order at exit
 
@@ -110,6 +112,7 @@ class MariaDB:
         "--innodb-buffer-pool-size=256M",  # 10k seeded + ~1M created rows fit
         "--innodb-log-file-size=256M",  # fewer checkpoints under the create runs
         "--performance-schema=OFF",  # its per-statement accounting costs CPU
+        "--thread-handling=pool-of-threads",  # as the db image (db/entrypoint.sh)
         "--skip-name-resolve",
         "--max-connections=500",
     ]
@@ -124,6 +127,7 @@ class MariaDB:
         self.port = self.server.port
         self.proc = self.server.process
         self.sql("CREATE DATABASE bench")
+        self.migrated = False
 
     def sql(self, statement, db=None):
         try:
@@ -166,9 +170,41 @@ class Api:
         self.proc = self.server.process
         self.log = self.server.log_path
 
+    def pids(self):
+        return [self.proc.pid]
+
     def stop(self):
         self.server.close()
         STARTED.remove(self.server)
+
+
+class FlaskPeer:
+    """The original Flask + gunicorn sample (shared/peers/flask), on the same
+    MariaDB and behind the same nginx: what this project replaces."""
+
+    DIR = Path(os.environ.get("BENCH_FLASK_PEER", REPO.parent / "shared" / "peers" / "flask"))
+
+    def __init__(self, root, db_url, workers, name):
+        if not (self.DIR / "run").exists():
+            sys.exit(f"no Flask peer at {self.DIR} (BENCH_FLASK_PEER names another)")
+        venv = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flask-peer-venv"
+        if not (venv / "bin" / "gunicorn").exists():
+            subprocess.run(["bash", self.DIR / "setup"], check=True)
+        self.port = free_port()
+        env = dict(os.environ, APP_PORT=str(self.port), DATABASE_URL=db_url)
+        self.proc = procs.spawn(["bash", self.DIR / "run", "--workers", str(workers)], root / f"flask-{name}.log", env=env)
+        try:
+            wait_port(self.port, 60, "the Flask peer", alive=lambda: self.proc.poll() is None)
+        except (TimeoutError, RuntimeError) as e:
+            sys.exit(str(e))
+        self.log = root / f"flask-{name}.log"
+
+    def pids(self):
+        # bash execs gunicorn: the master and its sync workers.
+        return [self.proc.pid] + children(self.proc.pid)
+
+    def stop(self):
+        procs.stop(self.proc)
 
 
 # --------------------------------------------------------------------- nginx
@@ -216,14 +252,17 @@ RUNS = {
 
 
 class Stack:
-    def __init__(self, db, api, nginx):
+    def __init__(self, db, api, nginx, legacy=False):
         self.db, self.api, self.nginx = db, api, nginx
+        # The sample's two calls (GET /get_user, POST /create_user) instead
+        # of the resource API: what both this API and the Flask peer serve.
+        self.legacy = legacy
 
     def components(self):
         return {
             "mariadb": [self.db.proc.pid],
             "nginx": self.nginx.pids(),
-            "api": [self.api.proc.pid],
+            "api": self.api.pids(),
         }
 
 
@@ -266,8 +305,10 @@ def one_run(args, stack, kind, root):
     work = root / f"run-{n:03d}-{kind}"
     work.mkdir()
 
+    legacy = ["legacy"] if stack.legacy else []
+
     def script_args(base):
-        return [str(base), str(work)] if writes else [str(SEEDED)]
+        return ([str(base), str(work)] if writes else [str(SEEDED)]) + legacy
 
     # Warm-up: its creates use their own id range and are checked too.
     warm_base = BASE_STEP * (2 * n) + SEEDED + 1
@@ -280,8 +321,8 @@ def one_run(args, stack, kind, root):
             for f in work.glob("acked.*"):
                 f.unlink()
     pids = stack.components()
-    api_pid = stack.api.proc.pid
-    peak_reset = reset_peak_rss(api_pid)
+    api_pids = stack.api.pids()
+    peak_reset = all([reset_peak_rss(p) for p in api_pids])
     before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
     total0, idle0, irq0 = machine_jiffies()
     t0 = time.monotonic()
@@ -313,14 +354,18 @@ def one_run(args, stack, kind, root):
             else summary["errors"]["status"]
         ),
         "statuses": summary["statuses"],
-        "api_rss_kib": status_kib(api_pid, "VmRSS"),
-        "api_peak_rss_kib": status_kib(api_pid, "VmHWM"),
+        # Summed over the app's processes (gunicorn: master + workers).
+        "api_rss_kib": sum(status_kib(p, "VmRSS") for p in api_pids),
+        "api_peak_rss_kib": sum(status_kib(p, "VmHWM") for p in api_pids),
         "api_peak_rss_is_per_run": peak_reset,
         # CPU seconds per wall second: 1.0 = one core busy all the time.
         "cores": {k: round(v / wall, 2) for k, v in cpu.items()},
         "machine_busy_cores": round(busy / wall, 2),
     }
-    if writes:
+    if writes and stack.legacy:
+        created = int((summary["statuses"] or {}).get("201", 0))
+        result["check"] = check_created(stack.db, base, created)
+    elif writes:
         result["check"] = check_acked(stack.db, read_acked(work) + warm_acked)
     return result
 
@@ -330,6 +375,20 @@ def read_acked(work):
     for f in sorted(work.glob("acked.*")):
         ids += [int(line) for line in f.read_text().split()]
     return ids
+
+
+def check_created(db, base, created):
+    """The sample's 201 names no id: as many rows as 201s in the run's id
+    range, each with its name (its warm-up used another range)."""
+    stored = db.stored(base, base + BASE_STEP - 1)
+    wrong = [i for i, name in stored.items() if name != f"u{i}"]
+    return {
+        "acknowledged": created,
+        "duplicates": 0,
+        "missing": max(0, created - len(stored)),
+        "missing_sample": [],
+        "wrong_name": len(wrong),
+    }
 
 
 def check_acked(db, acked):
@@ -379,8 +438,13 @@ VARIANT_SETS = {
         "nginx access_log off": {"nginx_access_log": False},
     },
     "mariadb": {
-        "mariadb one-thread-per-connection (default)": {},
-        "mariadb thread pool": {"db_args": ["--thread-handling=pool-of-threads"]},
+        "mariadb one-thread-per-connection": {"db_args": ["--thread-handling=one-thread-per-connection"]},
+        "mariadb thread pool (db image)": {},
+    },
+    # The original sample against this API, both on the sample's own calls.
+    "peer": {
+        "this API (sample's calls)": {"legacy": True},
+        "Flask sample, gunicorn 4 sync": {"peer": "flask", "legacy": True},
     },
 }
 
@@ -400,6 +464,12 @@ def parse_variant(spec):
             settings["bin"] = value
         elif key == "db_arg":
             settings.setdefault("db_args", []).append(value)
+        elif key == "peer":
+            settings["peer"] = value
+        elif key == "peer_workers":
+            settings["peer_workers"] = int(value)
+        elif key == "legacy":
+            settings["legacy"] = value not in ("off", "false", "0")
         else:
             settings["env"][key] = value
     return name, settings
@@ -566,7 +636,15 @@ def main():
             for name, settings in variants.items():
                 env = dict(settings.get("env", {}))
                 db = database(settings.get("db_args", ()))
-                api = Api(root, settings.get("bin", binary), db.url(), env, f"{round_no}-{len(results)}")
+                label = f"{round_no}-{len(results)}"
+                if settings.get("peer") == "flask":
+                    if not db.migrated:
+                        # The peer expects the table; this API's migrations make it.
+                        Api(root, binary, db.url(), {}, label + "-migrate").stop()
+                    api = FlaskPeer(root, db.url(), settings.get("peer_workers", 4), label)
+                else:
+                    api = Api(root, settings.get("bin", binary), db.url(), env, label)
+                db.migrated = True
                 db.reseed()
                 nginx = Nginx(
                     root,
@@ -575,7 +653,7 @@ def main():
                     f"{round_no}-{len(results)}",
                     access_log=settings.get("nginx_access_log", True),
                 )
-                stack = Stack(db, api, nginx)
+                stack = Stack(db, api, nginx, legacy=settings.get("legacy", False))
                 for kind in kinds:
                     r = one_run(args, stack, kind, root)
                     r.update(variant=name, round=round_no, settings=settings)

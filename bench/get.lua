@@ -1,5 +1,7 @@
--- GET /users/<id> with ids spread uniformly over 1..N (the seeded users).
--- usage: wrk ... -s bench/get.lua URL -- [N]
+-- GET /users/<id> with ids spread uniformly over 1..N (the seeded users);
+-- with "legacy", the original sample's GET /get_user?userid=<id> instead
+-- (the call both this API and the Flask peer serve).
+-- usage: wrk ... -s bench/get.lua URL -- [N [legacy]]
 -- Requests are formatted once in init(): a request() that builds a string per
 -- call costs wrk CPU, and wrk shares the cores with what it measures.
 local common = require("common")
@@ -13,9 +15,10 @@ end
 
 function init(args)
   local n = tonumber(args[1]) or 10000
+  local path = args[2] == "legacy" and "/get_user?userid=" or "/users/"
   math.randomseed(os.time() * 1000 + tid)
   for k = 1, 8192 do
-    requests[k] = wrk.format("GET", "/users/" .. math.random(n))
+    requests[k] = wrk.format("GET", path .. math.random(n))
   end
   next_index = math.random(#requests)
 end
