@@ -351,3 +351,53 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(access["status"], 404);
     assert!(access["latency_ms"].as_f64().is_some());
 }
+
+/// The access log is written off the request path (src/log.rs): under a
+/// burst from many clients every request still gets its line, and the
+/// lines still queued when SIGTERM arrives are written before the exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_load_every_request_gets_its_access_log_line_also_at_exit() {
+    const CLIENTS: u32 = 32;
+    const REQUESTS_EACH: u32 = 60;
+    let db = TestDb::create(shared_server()).await;
+    let mut api = ApiProcess::spawn(&[("DATABASE_URL", &db.url()), ("ROCKET_LOG_FORMAT", "json")]);
+    api.wait_healthy(Duration::from_secs(30)).await;
+    let addr = api.addr();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            tokio::spawn(async move {
+                for n in 0..REQUESTS_EACH {
+                    let id = format!("burst-{client}-{n}");
+                    let target = format!("/users/{}", 1 + n);
+                    let response = request(addr, "GET", &target, &[("X-Request-Id", &id)], None)
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status, 404, "{}", response.body);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    // At once: whatever the writer thread has not written yet must be
+    // written before the process exits.
+    api.signal("TERM");
+    assert_eq!(api.wait_exit(Duration::from_secs(15)).await, Some(0));
+    let logs = api.logs();
+    let logged: std::collections::BTreeSet<String> = logs
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .filter_map(|l| l["request_id"].as_str().map(str::to_owned))
+        .filter(|id| id.starts_with("burst-"))
+        .collect();
+    let expected = (CLIENTS * REQUESTS_EACH) as usize;
+    assert_eq!(
+        logged.len(),
+        expected,
+        "access lines for {} of {expected} requests",
+        logged.len()
+    );
+}
