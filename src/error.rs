@@ -12,6 +12,7 @@ use rocket::{Catcher, catch, catchers};
 use serde::Serialize;
 
 use crate::log;
+use crate::metrics::Metrics;
 
 /// Every code the API can answer with: the `error` field of the JSON body,
 /// the `code` label of `user_api_errors_total`, and the enum of the OpenAPI
@@ -283,7 +284,11 @@ fn is_transient_server_error(number: u16) -> bool {
 }
 
 impl<'r> Responder<'r, 'static> for ApiError {
-    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+    fn respond_to(self, request: &'r Request<'_>) -> response::Result<'static> {
+        // Every error answer passes here, the catchers' too: counted once.
+        if let Some(metrics) = request.rocket().state::<Metrics>() {
+            metrics.error(self.code);
+        }
         let body = serde_json::to_string(&Body {
             error: self.code.as_str(),
             message: &self.message,
