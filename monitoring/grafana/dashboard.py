@@ -100,7 +100,8 @@ def build():
                 "5xx share",
                 "percentunit",
                 "Share of answers that were server errors (503s of a database outage included).",
-                f'sum(rate(rocket_http_requests_total{{{api}, status=~"5.."}}[{RATE}])) '
+                # No 5xx series exists until the first 5xx: 0, not "No data".
+                f'(sum(rate(rocket_http_requests_total{{{api}, status=~"5.."}}[{RATE}])) or vector(0)) '
                 f"/ sum(rate(rocket_http_requests_total{{{api}}}[{RATE}]))",
                 "5xx",
             )
