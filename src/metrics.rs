@@ -17,7 +17,7 @@
 //! Each server gets a registry of its own (the tests run many in one process).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -25,13 +25,14 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use rocket::fairing::{AdHoc, Fairing, Info, Kind};
-use rocket::{Build, Data, Request, Response, Rocket};
+use rocket::{Build, Request, Response, Rocket};
 use rocket_db_pools::Database;
 use rocket_prometheus::PrometheusMetrics;
 use sqlx::mysql::MySqlPool;
 
 use crate::db::Db;
 use crate::error::ErrorCode;
+use crate::request_id::Started;
 
 /// The `endpoint` label of requests that matched no route. Route templates
 /// all start with `/`, so it cannot collide with one.
@@ -124,19 +125,13 @@ fn register(registry: &Registry, collector: impl Collector + 'static) {
 /// Counts the requests `rocket_prometheus` skips: those no route matched.
 struct Unmatched;
 
-struct Started(Instant);
-
 #[rocket::async_trait]
 impl Fairing for Unmatched {
     fn info(&self) -> Info {
         Info {
             name: "metrics of requests no route matched",
-            kind: Kind::Request | Kind::Response,
+            kind: Kind::Response,
         }
-    }
-
-    async fn on_request(&self, request: &mut Request<'_>, _: &mut Data<'_>) {
-        request.local_cache(|| Started(Instant::now()));
     }
 
     async fn on_response<'r>(&self, request: &'r Request<'_>, response: &mut Response<'r>) {
@@ -154,12 +149,11 @@ impl Fairing for Unmatched {
             .http_requests_total()
             .with_label_values(&labels)
             .inc();
-        let started = request.local_cache(|| Started(Instant::now()));
         metrics
             .http
             .http_requests_duration_seconds()
             .with_label_values(&labels)
-            .observe(started.0.elapsed().as_secs_f64());
+            .observe(Started::of(request).elapsed().as_secs_f64());
     }
 }
 
