@@ -397,6 +397,14 @@ mod tests {
         }
     }
 
+    /// The metrics index their per-code counters by `code as usize`.
+    #[test]
+    fn all_is_in_declaration_order() {
+        for (i, &code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code as usize, i, "{code}");
+        }
+    }
+
     #[test]
     fn the_body_carries_the_code_and_the_status_follows_it() {
         let error = ApiError::new(ErrorCode::UserExists, "taken");
