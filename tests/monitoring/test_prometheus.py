@@ -18,7 +18,7 @@ import urllib.request
 
 import yaml
 
-from conftest import EXPORTER_USER, MONITORING, http, program, scaled
+from monitoring_stack import EXPORTER_USER, MONITORING, http, program, scaled
 
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "user-api.json"
 RULES = sorted((MONITORING / "rules").glob("*.rules.yml"))

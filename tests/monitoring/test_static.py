@@ -13,7 +13,7 @@ import pytest
 import yaml
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from conftest import MONITORING, program
+from monitoring_stack import MONITORING, program
 
 GRAFANA = MONITORING / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "user-api.json"
