@@ -290,7 +290,9 @@ def wrk(args, url, script, script_args, seconds, work):
     text = (work / "wrk.out").read_text()
     if p.returncode != 0:
         sys.exit(f"wrk failed ({p.returncode}):\n{text}")
-    line = next((l for l in text.splitlines() if l.startswith("BENCH_JSON ")), None)
+    # The log is appended to (procs.spawn), and the warm-up wrote to it
+    # first: this run's summary is the last one.
+    line = next((l for l in reversed(text.splitlines()) if l.startswith("BENCH_JSON ")), None)
     if line is None:
         sys.exit(f"no summary from wrk:\n{text}")
     return json.loads(line[len("BENCH_JSON ") :]), usage.ru_utime + usage.ru_stime

@@ -65,6 +65,10 @@ pub struct AppSettings {
     /// One line per request; off only to measure what logging costs.
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// `GET /metrics` and the request metrics; off only to measure what
+    /// they cost (the pool's counters stay: a few atomic increments).
+    #[serde(default = "yes")]
+    pub metrics: bool,
 }
 
 fn yes() -> bool {

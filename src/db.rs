@@ -16,6 +16,7 @@ use crate::config::DatabaseSettings;
 use crate::domain::{PageSize, User, UserId, UserName};
 use crate::error::ApiError;
 use crate::log;
+use crate::metrics::PoolMetrics;
 
 #[derive(Database)]
 #[database("users")]
@@ -25,6 +26,7 @@ pub struct UserPool {
     pool: MySqlPool,
     query_timeout: Duration,
     reachability: Arc<Reachability>,
+    metrics: Arc<PoolMetrics>,
 }
 
 /// A pooled connection idle for longer is pinged before it is handed out.
@@ -46,6 +48,7 @@ struct Reachability {
     checking: AtomicBool,
     options: MySqlConnectOptions,
     connect_timeout: Duration,
+    metrics: Arc<PoolMetrics>,
 }
 
 impl Reachability {
@@ -57,6 +60,7 @@ impl Reachability {
         if self.down.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.metrics.set_reachable(false);
         log::warn(&format!(
             "database unreachable ({reason}): answering 503 at once until it answers again"
         ));
@@ -86,6 +90,7 @@ impl Reachability {
             tokio::time::sleep(PROBE_INTERVAL).await;
             if self.answers().await {
                 self.down.store(false, Ordering::Release);
+                self.metrics.set_reachable(true);
                 log::info(&format!(
                     "database reachable again after {:.1?}",
                     started.elapsed()
@@ -176,6 +181,7 @@ async fn start(figment: &Figment) -> Result<UserPool, String> {
         .connect_lazy_with(options.clone());
     migrate(&pool, settings.startup_timeout()).await?;
     log::info(&format!("database ready at {}", settings.describe()));
+    let metrics = Arc::new(PoolMetrics::new(pool.clone(), settings.max_connections));
     Ok(UserPool {
         pool,
         query_timeout: settings.query_timeout(),
@@ -184,7 +190,9 @@ async fn start(figment: &Figment) -> Result<UserPool, String> {
             checking: AtomicBool::new(false),
             options,
             connect_timeout: settings.connect_timeout(),
+            metrics: metrics.clone(),
         }),
+        metrics,
     })
 }
 
@@ -256,6 +264,32 @@ async fn wait_for_server(
 }
 
 impl UserPool {
+    /// The pool's metrics, for the `/metrics` registry.
+    pub fn metrics(&self) -> Arc<PoolMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Counts a failed call by kind on its way out.
+    fn counted<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        if let Err(error) = &result {
+            self.metrics.failed(error.code());
+        }
+        result
+    }
+
+    /// A pooled connection by `deadline`, timed and counted. A timeout is
+    /// sqlx's own `PoolTimedOut`: the same answer, whichever deadline hit.
+    async fn acquire_by(&self, deadline: Instant) -> Result<PoolConnection<MySql>, sqlx::Error> {
+        let waited = self.metrics.will_wait();
+        let started = Instant::now();
+        let acquired = tokio::time::timeout_at(deadline.into(), self.pool.acquire())
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+        self.metrics
+            .acquired(waited, started.elapsed(), acquired.is_ok());
+        acquired
+    }
+
     /// Closes the connections politely once every request has finished.
     pub async fn close_after_shutdown(&self) {
         self.pool.close().await;
@@ -269,19 +303,13 @@ impl UserPool {
         if self.reachability.is_down() {
             return Err(ApiError::database_unavailable());
         }
-        let acquired = tokio::time::timeout_at(deadline.into(), self.pool.acquire()).await;
-        match acquired {
-            Ok(Ok(connection)) => Ok((connection, deadline)),
-            Ok(Err(e)) => {
+        match self.acquire_by(deadline).await {
+            Ok(connection) => Ok((connection, deadline)),
+            Err(e) => {
                 if !matches!(e, sqlx::Error::PoolClosed) {
                     self.reachability.mark_down(&self.pool, &e);
                 }
                 Err(e.into())
-            }
-            Err(_) => {
-                self.reachability
-                    .mark_down(&self.pool, &sqlx::Error::PoolTimedOut);
-                Err(ApiError::database_unavailable())
             }
         }
     }
@@ -308,6 +336,10 @@ impl UserPool {
     /// Relies on the primary key, not on a read first: of many concurrent
     /// creates of one id exactly one succeeds.
     pub async fn create(&self, user: &User) -> Result<(), ApiError> {
+        self.counted(self.try_create(user).await)
+    }
+
+    async fn try_create(&self, user: &User) -> Result<(), ApiError> {
         let (mut connection, deadline) = self.connection().await?;
         let insert = sqlx::query("INSERT INTO users (userid, username) VALUES (?, ?)")
             .bind(user.userid.get())
@@ -323,6 +355,10 @@ impl UserPool {
     }
 
     pub async fn find(&self, userid: UserId) -> Result<Option<User>, ApiError> {
+        self.counted(self.try_find(userid).await)
+    }
+
+    async fn try_find(&self, userid: UserId) -> Result<Option<User>, ApiError> {
         let (mut connection, deadline) = self.connection().await?;
         let select = sqlx::query_as::<_, (u32, String)>(
             "SELECT userid, username FROM users WHERE userid = ?",
@@ -334,6 +370,10 @@ impl UserPool {
 
     /// `false` when no such user exists.
     pub async fn rename(&self, userid: UserId, username: &UserName) -> Result<bool, ApiError> {
+        self.counted(self.try_rename(userid, username).await)
+    }
+
+    async fn try_rename(&self, userid: UserId, username: &UserName) -> Result<bool, ApiError> {
         let (mut connection, deadline) = self.connection().await?;
         // The connection sets CLIENT_FOUND_ROWS: an unchanged name still
         // counts as a matched row.
@@ -346,6 +386,10 @@ impl UserPool {
 
     /// `false` when no such user exists.
     pub async fn delete(&self, userid: UserId) -> Result<bool, ApiError> {
+        self.counted(self.try_delete(userid).await)
+    }
+
+    async fn try_delete(&self, userid: UserId) -> Result<bool, ApiError> {
         let (mut connection, deadline) = self.connection().await?;
         let delete = sqlx::query("DELETE FROM users WHERE userid = ?")
             .bind(userid.get())
@@ -356,6 +400,14 @@ impl UserPool {
     /// One page in userid order after `after`, and the cursor of the next
     /// page when there is one.
     pub async fn list(
+        &self,
+        after: Option<UserId>,
+        size: PageSize,
+    ) -> Result<(Vec<User>, Option<UserId>), ApiError> {
+        self.counted(self.try_list(after, size).await)
+    }
+
+    async fn try_list(
         &self,
         after: Option<UserId>,
         size: PageSize,
@@ -384,19 +436,25 @@ impl UserPool {
 
     /// Readiness: the database answers `SELECT 1` within `within`.
     pub async fn ping(&self, within: Duration) -> Result<(), ApiError> {
+        self.counted(self.try_ping(within).await)
+    }
+
+    async fn try_ping(&self, within: Duration) -> Result<(), ApiError> {
         if self.reachability.is_down() {
             return Err(ApiError::database_unavailable());
         }
         let ping = async {
-            let mut connection = self.pool.acquire().await?;
+            let mut connection = self.acquire_by(Instant::now() + within).await?;
             sqlx::query_scalar::<_, i32>("SELECT 1")
                 .fetch_one(&mut *connection)
                 .await
         };
         match tokio::time::timeout(within, ping).await {
             Ok(Ok(_)) => Ok(()),
+            // A pool that lends no connection within `within` is slow,
+            // like a slow answer below, not known to be down.
             Ok(Err(e)) => {
-                if !matches!(e, sqlx::Error::PoolClosed) {
+                if !matches!(e, sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut) {
                     self.reachability.mark_down(&self.pool, &e);
                 }
                 Err(ApiError::database_unavailable())

@@ -6,7 +6,7 @@ use rocket::request::FromParam;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// A user id: a decimal integer in 1..=2147483647 (it fits `INT` on every
 /// MySQL flavour and in a JavaScript number).
@@ -50,8 +50,8 @@ impl UserId {
 }
 
 fn invalid_userid() -> ApiError {
-    ApiError::bad_request(
-        "invalid_userid",
+    ApiError::new(
+        ErrorCode::InvalidUserid,
         "userid must be a decimal integer from 1 to 2147483647",
     )
 }
@@ -94,7 +94,7 @@ impl UserName {
             None
         };
         match problem {
-            Some(message) => Err(ApiError::bad_request("invalid_username", message)),
+            Some(message) => Err(ApiError::new(ErrorCode::InvalidUsername, message)),
             None => Ok(Self(text.to_owned())),
         }
     }
@@ -102,8 +102,8 @@ impl UserName {
     fn from_json(value: &Value) -> Result<Self, ApiError> {
         match value {
             Value::String(text) => Self::parse(text),
-            _ => Err(ApiError::bad_request(
-                "invalid_username",
+            _ => Err(ApiError::new(
+                ErrorCode::InvalidUsername,
                 "username must be a JSON string",
             )),
         }
@@ -142,8 +142,12 @@ impl PageSize {
     pub const MAX: u8 = 100;
 
     pub fn parse(text: &str) -> Result<Self, ApiError> {
-        let invalid =
-            || ApiError::bad_request("invalid_limit", "limit must be an integer from 1 to 100");
+        let invalid = || {
+            ApiError::new(
+                ErrorCode::InvalidLimit,
+                "limit must be an integer from 1 to 100",
+            )
+        };
         if text.is_empty() || text.len() > 3 || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid());
         }
@@ -174,8 +178,8 @@ pub trait FromJson: Sized {
 fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
     match body {
         Value::Object(fields) => Ok(fields),
-        _ => Err(ApiError::unprocessable_entity(
-            "invalid_body",
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidBody,
             "the request body must be a JSON object",
         )),
     }
@@ -183,8 +187,8 @@ fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
 
 fn required<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a Value, ApiError> {
     fields.get(name).ok_or_else(|| {
-        ApiError::unprocessable_entity(
-            "missing_field",
+        ApiError::new(
+            ErrorCode::MissingField,
             format!("the body needs a \"{name}\" field"),
         )
     })
@@ -246,7 +250,7 @@ mod tests {
             "abc",
         ] {
             let err = UserId::parse(bad).unwrap_err();
-            assert_eq!(err.code(), "invalid_userid", "{bad:?}");
+            assert_eq!(err.code(), ErrorCode::InvalidUserid, "{bad:?}");
         }
     }
 
@@ -282,7 +286,7 @@ mod tests {
         ] {
             assert_eq!(
                 UserName::parse(bad).unwrap_err().code(),
-                "invalid_username",
+                ErrorCode::InvalidUsername,
                 "{bad:?}"
             );
         }

@@ -12,11 +12,101 @@ use rocket::{Catcher, catch, catchers};
 use serde::Serialize;
 
 use crate::log;
+use crate::metrics::Metrics;
+
+/// Every code the API can answer with: the `error` field of the JSON body,
+/// the `code` label of `user_api_errors_total`, and the enum of the OpenAPI
+/// document's `Error` schema (a test checks that the document lists exactly
+/// [`ErrorCode::ALL`]). A closed type, so that none of the three can name a
+/// code the others do not know.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidUserid,
+    InvalidUsername,
+    InvalidLimit,
+    MissingParameter,
+    DuplicateParameter,
+    InvalidParameter,
+    InvalidEncoding,
+    MissingField,
+    InvalidBody,
+    MalformedJson,
+    UnreadableBody,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    UserNotFound,
+    UserExists,
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+    Unprocessable,
+    DatabaseUnavailable,
+    DatabaseInterrupted,
+    Internal,
+    /// A status Rocket raised by itself that no other code describes; the
+    /// answer keeps Rocket's status.
+    #[strum(serialize = "error")]
+    Other,
+}
+
+impl ErrorCode {
+    pub const ALL: &'static [ErrorCode] = <Self as strum::VariantArray>::VARIANTS;
+
+    /// The snake_case code sent to clients.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// The status this code is answered with. The one exception: a value
+    /// rule broken inside a well-formed JSON body (`invalid_userid`,
+    /// `invalid_username`) is 422 rather than 400, see [`ApiError::unprocessable`].
+    pub fn status(self) -> Status {
+        use ErrorCode as C;
+        match self {
+            C::InvalidUserid
+            | C::InvalidUsername
+            | C::InvalidLimit
+            | C::MissingParameter
+            | C::DuplicateParameter
+            | C::InvalidParameter
+            | C::InvalidEncoding
+            | C::MalformedJson
+            | C::UnreadableBody
+            | C::BadRequest
+            | C::Other => Status::BadRequest,
+            C::MissingField | C::InvalidBody | C::Unprocessable => Status::UnprocessableEntity,
+            C::UnsupportedMediaType => Status::UnsupportedMediaType,
+            C::PayloadTooLarge => Status::PayloadTooLarge,
+            C::UserNotFound | C::NotFound => Status::NotFound,
+            C::UserExists => Status::Conflict,
+            C::MethodNotAllowed => Status::MethodNotAllowed,
+            C::DatabaseUnavailable | C::DatabaseInterrupted => Status::ServiceUnavailable,
+            C::Internal => Status::InternalServerError,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
     status: Status,
-    code: &'static str,
+    code: ErrorCode,
     message: Cow<'static, str>,
     allow: Option<String>,
 }
@@ -28,21 +118,14 @@ struct Body<'a> {
 }
 
 impl ApiError {
-    pub fn new(status: Status, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+    /// An answer with the code's own status.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
-            status,
+            status: code.status(),
             code,
             message: message.into(),
             allow: None,
         }
-    }
-
-    pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(Status::BadRequest, code, message)
-    }
-
-    pub fn unprocessable_entity(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(Status::UnprocessableEntity, code, message)
     }
 
     /// The same complaint about a well-formed JSON body: 422 instead of 400.
@@ -54,25 +137,19 @@ impl ApiError {
     }
 
     pub fn user_not_found() -> Self {
-        Self::new(
-            Status::NotFound,
-            "user_not_found",
-            "no user has this userid",
-        )
+        Self::new(ErrorCode::UserNotFound, "no user has this userid")
     }
 
     pub fn user_exists() -> Self {
         Self::new(
-            Status::Conflict,
-            "user_exists",
+            ErrorCode::UserExists,
             "a user with this userid already exists",
         )
     }
 
     pub fn database_unavailable() -> Self {
         Self::new(
-            Status::ServiceUnavailable,
-            "database_unavailable",
+            ErrorCode::DatabaseUnavailable,
             "the database is not reachable right now; retry shortly",
         )
     }
@@ -82,8 +159,7 @@ impl ApiError {
     /// may still have been applied.
     pub fn database_interrupted() -> Self {
         Self::new(
-            Status::ServiceUnavailable,
-            "database_interrupted",
+            ErrorCode::DatabaseInterrupted,
             "the database stopped answering during the request; a write may still have been \
              applied, so read before retrying it",
         )
@@ -103,8 +179,7 @@ impl ApiError {
 
     pub fn internal() -> Self {
         Self::new(
-            Status::InternalServerError,
-            "internal",
+            ErrorCode::Internal,
             "the server failed to handle this request",
         )
     }
@@ -113,7 +188,7 @@ impl ApiError {
         self.status
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.code
     }
 
@@ -130,8 +205,8 @@ impl ApiError {
     /// Turns the outcome of a query-parameter guard into the domain value.
     pub fn from_param<T>(name: &'static str, parsed: form::Result<'_, T>) -> Result<T, Self> {
         Self::from_optional_param(name, parsed)?.ok_or_else(|| {
-            Self::bad_request(
-                "missing_parameter",
+            Self::new(
+                ErrorCode::MissingParameter,
                 format!("the query needs a \"{name}\" parameter"),
             )
         })
@@ -157,8 +232,8 @@ impl ApiError {
                 _ => {}
             }
         }
-        Err(Self::bad_request(
-            "invalid_parameter",
+        Err(Self::new(
+            ErrorCode::InvalidParameter,
             format!("the \"{name}\" parameter is invalid"),
         ))
     }
@@ -209,9 +284,13 @@ fn is_transient_server_error(number: u16) -> bool {
 }
 
 impl<'r> Responder<'r, 'static> for ApiError {
-    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+    fn respond_to(self, request: &'r Request<'_>) -> response::Result<'static> {
+        // Every error answer passes here, the catchers' too: counted once.
+        if let Some(metrics) = request.rocket().state::<Metrics>() {
+            metrics.error(self.code);
+        }
         let body = serde_json::to_string(&Body {
-            error: self.code,
+            error: self.code.as_str(),
             message: &self.message,
         })
         .map_err(|_| Status::InternalServerError)?;
@@ -243,26 +322,28 @@ fn any_status(status: Status, request: &Request<'_>) -> ApiError {
             Some(allow) => ApiError {
                 allow: Some(allow),
                 ..ApiError::new(
-                    Status::MethodNotAllowed,
-                    "method_not_allowed",
+                    ErrorCode::MethodNotAllowed,
                     format!("{} is not allowed on this path", request.method()),
                 )
             },
-            None => ApiError::new(Status::NotFound, "not_found", "no such path"),
+            None => ApiError::new(ErrorCode::NotFound, "no such path"),
         },
-        400 => ApiError::bad_request("bad_request", "the request could not be understood"),
-        413 => ApiError::new(status, "payload_too_large", "the request body is too large"),
+        400 => ApiError::new(ErrorCode::BadRequest, "the request could not be understood"),
+        413 => ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large"),
         415 => ApiError::new(
-            status,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "the body must be application/json",
         ),
-        422 => {
-            ApiError::unprocessable_entity("unprocessable", "the request could not be processed")
-        }
+        422 => ApiError::new(
+            ErrorCode::Unprocessable,
+            "the request could not be processed",
+        ),
         503 => ApiError::database_unavailable(),
         500..=599 => ApiError::internal(),
-        _ => ApiError::new(status, "error", status.reason_lossy().to_owned()),
+        _ => ApiError {
+            status,
+            ..ApiError::new(ErrorCode::Other, status.reason_lossy().to_owned())
+        },
     }
 }
 
@@ -295,4 +376,42 @@ fn route_matches_path(pattern: &str, path: &[&str]) -> bool {
 
 fn segment_matches(pattern: &str, segment: &str) -> bool {
     (pattern.starts_with('<') && pattern.ends_with('>')) || pattern == segment
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_snake_case_unique_and_round_trips() {
+        let mut seen = std::collections::BTreeSet::new();
+        for &code in ErrorCode::ALL {
+            let text = code.as_str();
+            assert!(
+                !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{text:?}"
+            );
+            assert!(seen.insert(text), "{text} twice");
+            assert_eq!(text.parse::<ErrorCode>(), Ok(code));
+            assert!(code.status().code >= 400, "{text}");
+        }
+    }
+
+    /// The metrics index their per-code counters by `code as usize`.
+    #[test]
+    fn all_is_in_declaration_order() {
+        for (i, &code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code as usize, i, "{code}");
+        }
+    }
+
+    #[test]
+    fn the_body_carries_the_code_and_the_status_follows_it() {
+        let error = ApiError::new(ErrorCode::UserExists, "taken");
+        assert_eq!(error.status(), Status::Conflict);
+        assert_eq!(error.to_string(), "user_exists: taken");
+        let in_body = ApiError::new(ErrorCode::InvalidUserid, "bad").unprocessable();
+        assert_eq!(in_body.status(), Status::UnprocessableEntity);
+        assert_eq!(in_body.code(), ErrorCode::InvalidUserid);
+    }
 }

@@ -2,12 +2,12 @@
 //! error. Handlers take `Result<Guard, ApiError>` and use `?`.
 
 use rocket::data::{self, Data, FromData, ToByteUnit};
-use rocket::http::{RawStr, Status};
+use rocket::http::RawStr;
 use rocket::outcome::Outcome;
 use rocket::request::{self, FromRequest, Request};
 
 use crate::domain::FromJson;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// The API takes tiny bodies; nginx's `client_max_body_size` matches.
 pub const BODY_LIMIT_BYTES: u64 = 16 * 1024;
@@ -35,8 +35,7 @@ async fn parse<T: FromJson>(request: &Request<'_>, data: Data<'_>) -> Result<T, 
     });
     if !is_json {
         return Err(ApiError::new(
-            Status::UnsupportedMediaType,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "the body must be sent as Content-Type: application/json",
         ));
     }
@@ -45,17 +44,22 @@ async fn parse<T: FromJson>(request: &Request<'_>, data: Data<'_>) -> Result<T, 
         .into_bytes()
         .await
         .map_err(|_| {
-            ApiError::bad_request("unreadable_body", "the request body could not be read")
+            ApiError::new(
+                ErrorCode::UnreadableBody,
+                "the request body could not be read",
+            )
         })?;
     if !bytes.is_complete() {
         return Err(ApiError::new(
-            Status::PayloadTooLarge,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the request body must be at most {BODY_LIMIT_BYTES} bytes"),
         ));
     }
     let value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+        ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("the body is not valid JSON: {e}"),
+        )
     })?;
     T::from_json(value)
 }
@@ -86,14 +90,14 @@ fn check_query(request: &Request<'_>) -> Result<(), ApiError> {
         let (name, value) = pair.as_str().split_once('=').unwrap_or((pair.as_str(), ""));
         let decode = |part: &str| RawStr::new(part).url_decode().map(|d| d.into_owned());
         let (Ok(name), Ok(_)) = (decode(name), decode(value)) else {
-            return Err(ApiError::bad_request(
-                "invalid_encoding",
+            return Err(ApiError::new(
+                ErrorCode::InvalidEncoding,
                 "the query string is not valid percent-encoded UTF-8",
             ));
         };
         if seen.contains(&name) {
-            return Err(ApiError::bad_request(
-                "duplicate_parameter",
+            return Err(ApiError::new(
+                ErrorCode::DuplicateParameter,
                 format!("the query gives \"{name}\" more than once"),
             ));
         }

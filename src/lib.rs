@@ -10,6 +10,7 @@ pub mod error;
 mod guards;
 pub mod healthcheck;
 pub mod log;
+pub mod metrics;
 mod request_id;
 mod routes;
 
@@ -32,7 +33,8 @@ pub fn build(figment: Figment) -> Rocket<Build> {
         log::init(settings.log_format, settings.log_level);
     }
     let access_log = settings.as_ref().map_or(true, |s| s.access_log);
-    rocket::custom(figment)
+    let with_metrics = settings.as_ref().map_or(true, |s| s.metrics);
+    let rocket = rocket::custom(figment)
         .attach(AdHoc::try_on_ignite("app settings", |rocket| async move {
             match settings {
                 Ok(_) => Ok(rocket),
@@ -45,7 +47,14 @@ pub fn build(figment: Figment) -> Rocket<Build> {
         .attach(request_id::RequestLog {
             enabled: access_log,
         })
-        .attach(db::Db::init())
+        .attach(db::Db::init());
+    // After the database fairing: the metrics register the pool's.
+    let rocket = if with_metrics {
+        metrics::attach(rocket)
+    } else {
+        rocket
+    };
+    rocket
         .attach(AdHoc::on_liftoff("announce", |rocket| {
             Box::pin(async move {
                 let config = rocket.config();

@@ -64,7 +64,15 @@ impl<'r> FromRequest<'r> for &'r RequestId {
     }
 }
 
-struct Started(Instant);
+/// When the request arrived (the request fairing's first act); the metrics
+/// time unmatched requests by it too, so no second timestamp is cached.
+pub(crate) struct Started(Instant);
+
+impl Started {
+    pub(crate) fn of(request: &Request<'_>) -> Instant {
+        request.local_cache(|| Started(Instant::now())).0
+    }
+}
 
 /// Tags every response with its request id and, when enabled, writes the
 /// access-log line.

@@ -7,6 +7,7 @@ mod errors;
 mod faults;
 mod legacy;
 mod lifecycle;
+mod metrics;
 mod openapi;
 mod outages;
 mod proxy;

@@ -1,0 +1,384 @@
+//! `GET /metrics`: real requests over TCP, then the counters read back from
+//! the server's own Prometheus text output.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use user_api::error::ErrorCode;
+
+use crate::helpers::{
+    Nginx, Server, TestDb, figment, get, post_json, request, serve, shared_server,
+};
+
+/// One scrape: every sample as `(name, labels) -> value`.
+struct Scrape(Vec<(String, BTreeMap<String, String>, f64)>);
+
+impl Scrape {
+    async fn of(addr: SocketAddr) -> Scrape {
+        let response = get(addr, "/metrics").await.unwrap();
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        let lines = response.body.lines().map(|l| Ok(l.to_owned()));
+        let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+        Scrape(
+            parsed
+                .samples
+                .into_iter()
+                .map(|s| {
+                    let value = match s.value {
+                        prometheus_parse::Value::Counter(v)
+                        | prometheus_parse::Value::Gauge(v)
+                        | prometheus_parse::Value::Untyped(v) => v,
+                        // Histograms: their `_count` and `_sum` samples
+                        // carry the numbers the tests need.
+                        _ => f64::NAN,
+                    };
+                    let labels = s
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    (s.metric, labels, value)
+                })
+                .collect(),
+        )
+    }
+
+    /// The sum over the samples of `name` whose labels include `labels`.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|(_, v)| v).sum()
+    }
+
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = (&'a BTreeMap<String, String>, f64)> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, l, v)| (l, *v))
+    }
+
+    /// The value of the one sample of `name` with exactly these labels.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut found = self
+            .matching(name, labels)
+            .filter(|(l, _)| l.len() == labels.len());
+        let (_, value) = found.next()?;
+        assert!(found.next().is_none(), "{name} {labels:?} twice");
+        Some(value)
+    }
+
+    fn label_values(&self, name: &str, label: &str) -> Vec<String> {
+        let mut values: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .filter_map(|(_, l, _)| l.get(label).cloned())
+            .collect();
+        values.sort();
+        values.dedup();
+        values
+    }
+}
+
+const REQUESTS: &str = "rocket_http_requests_total";
+const DURATIONS: &str = "rocket_http_requests_duration_seconds_count";
+
+fn requests(scrape: &Scrape, endpoint: &str, method: &str, status: &str) -> f64 {
+    let labels = [
+        ("endpoint", endpoint),
+        ("method", method),
+        ("status", status),
+    ];
+    let counted = scrape.value(REQUESTS, &labels).unwrap_or(0.0);
+    // Every counted request is timed too.
+    assert_eq!(
+        scrape.value(DURATIONS, &labels).unwrap_or(0.0),
+        counted,
+        "{labels:?}"
+    );
+    counted
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_are_counted_by_route_template_never_by_raw_path() {
+    let db = TestDb::create(shared_server()).await;
+    let app = serve(figment(&db.url())).await;
+    let created = post_json(app.addr, "/users", &json!({"userid": 7, "username": "Ada"}))
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201);
+    for _ in 0..3 {
+        assert_eq!(get(app.addr, "/users/7").await.unwrap().status, 200);
+    }
+    assert_eq!(get(app.addr, "/users/99").await.unwrap().status, 404);
+    assert_eq!(
+        get(app.addr, "/get_user?userid=7").await.unwrap().status,
+        200
+    );
+    assert_eq!(get(app.addr, "/users?limit=5").await.unwrap().status, 200);
+
+    let scrape = Scrape::of(app.addr).await;
+    assert_eq!(requests(&scrape, "/users", "POST", "201"), 1.0);
+    assert_eq!(requests(&scrape, "/users/<userid>", "GET", "200"), 3.0);
+    // A route that matched and answered an error keeps its template.
+    assert_eq!(requests(&scrape, "/users/<userid>", "GET", "404"), 1.0);
+    assert_eq!(requests(&scrape, "/get_user?<userid>", "GET", "200"), 1.0);
+    assert_eq!(
+        requests(&scrape, "/users?<limit>&<after>", "GET", "200"),
+        1.0
+    );
+    let endpoints = scrape.label_values(REQUESTS, "endpoint");
+    for endpoint in &endpoints {
+        assert!(
+            endpoint == "unmatched"
+                || (endpoint.starts_with('/') && !endpoint.contains(|c: char| c.is_ascii_digit())),
+            "a raw path leaked into the label set: {endpoints:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_no_route_matched_are_counted_under_one_label() {
+    let db = TestDb::create(shared_server()).await;
+    let app = serve(figment(&db.url())).await;
+    for target in ["/nope", "/users/1/extra", "/nope?x=1"] {
+        assert_eq!(get(app.addr, target).await.unwrap().status, 404, "{target}");
+    }
+    for (method, target) in [("DELETE", "/users"), ("POST", "/metrics")] {
+        let response = request(app.addr, method, target, &[], None).await.unwrap();
+        assert_eq!(response.status, 405, "{method} {target}");
+    }
+    let scrape = Scrape::of(app.addr).await;
+    assert_eq!(requests(&scrape, "unmatched", "GET", "404"), 3.0);
+    assert_eq!(requests(&scrape, "unmatched", "DELETE", "405"), 1.0);
+    assert_eq!(requests(&scrape, "unmatched", "POST", "405"), 1.0);
+    let endpoints = scrape.label_values(REQUESTS, "endpoint");
+    assert!(
+        !endpoints
+            .iter()
+            .any(|e| e.contains("nope") || e.contains("extra")),
+        "{endpoints:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_counted_by_code_and_every_code_has_a_series() {
+    let db = TestDb::create(shared_server()).await;
+    let app = serve(figment(&db.url())).await;
+    let before = Scrape::of(app.addr).await;
+    let codes = before.label_values("user_api_errors_total", "code");
+    let mut all: Vec<String> = ErrorCode::ALL.iter().map(|c| c.to_string()).collect();
+    all.sort();
+    assert_eq!(codes, all);
+    assert_eq!(before.sum("user_api_errors_total", &[]), 0.0);
+
+    let body = json!({"userid": 1, "username": "x"});
+    assert_eq!(
+        post_json(app.addr, "/users", &body).await.unwrap().status,
+        201
+    );
+    assert_eq!(
+        post_json(app.addr, "/users", &body).await.unwrap().status,
+        409
+    );
+    for _ in 0..2 {
+        assert_eq!(get(app.addr, "/users/abc").await.unwrap().status, 400);
+    }
+    assert_eq!(get(app.addr, "/nope").await.unwrap().status, 404);
+    let wrong = request(app.addr, "PUT", "/healthz", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(wrong.status, 405);
+    let malformed = request(
+        app.addr,
+        "POST",
+        "/users",
+        &[("Content-Type", "application/json")],
+        Some(b"{nope"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(malformed.status, 400);
+
+    let after = Scrape::of(app.addr).await;
+    let count = |code: ErrorCode| {
+        after
+            .value("user_api_errors_total", &[("code", code.as_str())])
+            .unwrap()
+    };
+    assert_eq!(count(ErrorCode::UserExists), 1.0);
+    assert_eq!(count(ErrorCode::InvalidUserid), 2.0);
+    assert_eq!(count(ErrorCode::NotFound), 1.0);
+    assert_eq!(count(ErrorCode::MethodNotAllowed), 1.0);
+    assert_eq!(count(ErrorCode::MalformedJson), 1.0);
+    assert_eq!(after.sum("user_api_errors_total", &[]), 6.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pool_gauges_and_database_failures_follow_the_database() {
+    let mut server = Server::start_dedicated();
+    let db = TestDb::create(&server).await;
+    let query_timeout = Duration::from_secs(1);
+    let app = serve(
+        figment(&db.url())
+            .merge(("databases.users.max_connections", 3))
+            .merge(("databases.users.min_connections", 1))
+            .merge(("databases.users.query_timeout", 1.0))
+            .merge(("databases.users.connect_timeout", 1.0)),
+    )
+    .await;
+    for userid in 1..=5 {
+        let body = json!({"userid": userid, "username": "u"});
+        assert_eq!(
+            post_json(app.addr, "/users", &body).await.unwrap().status,
+            201
+        );
+    }
+    let healthy = Scrape::of(app.addr).await;
+    let gauge = |s: &Scrape, name: &str| s.value(name, &[]).unwrap_or_else(|| panic!("{name}"));
+    assert_eq!(gauge(&healthy, "user_api_db_pool_max_connections"), 3.0);
+    let size = gauge(&healthy, "user_api_db_pool_connections");
+    let idle = gauge(&healthy, "user_api_db_pool_idle_connections");
+    assert!((1.0..=3.0).contains(&size), "{size}");
+    // Nothing in flight between requests: every connection is idle.
+    assert_eq!(idle, size);
+    assert_eq!(gauge(&healthy, "user_api_db_pool_in_use_connections"), 0.0);
+    assert_eq!(gauge(&healthy, "user_api_database_reachable"), 1.0);
+    assert!(gauge(&healthy, "user_api_db_pool_acquire_duration_seconds_count") >= 5.0);
+    assert_eq!(
+        gauge(&healthy, "user_api_db_pool_acquire_failures_total"),
+        0.0
+    );
+    let failures = |s: &Scrape, kind: ErrorCode| {
+        s.value(
+            "user_api_database_failures_total",
+            &[("kind", kind.as_str())],
+        )
+        .unwrap()
+    };
+    assert_eq!(failures(&healthy, ErrorCode::DatabaseUnavailable), 0.0);
+    assert_eq!(failures(&healthy, ErrorCode::DatabaseInterrupted), 0.0);
+
+    // A statement held by a table lock past the query timeout: interrupted.
+    let mut admin = db.connect().await;
+    sqlx::query("LOCK TABLES users WRITE")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let body = json!({"userid": 6, "username": "held"});
+    let held = post_json(app.addr, "/users", &body).await.unwrap();
+    assert_eq!(held.status, 503);
+    assert_eq!(held.error_code(), "database_interrupted");
+    let during = Scrape::of(app.addr).await;
+    assert_eq!(failures(&during, ErrorCode::DatabaseInterrupted), 1.0);
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    drop(admin);
+
+    // The database stops: unavailable, counted, and known to be down.
+    server.stop();
+    let mut unavailable = 0;
+    for _ in 0..3 {
+        let response = get(app.addr, "/users/1").await.unwrap();
+        assert_eq!(response.status, 503, "{}", response.body);
+        if response.error_code() == "database_unavailable" {
+            unavailable += 1;
+        }
+    }
+    let down = Scrape::of(app.addr).await;
+    assert_eq!(gauge(&down, "user_api_database_reachable"), 0.0);
+    assert!(gauge(&down, "user_api_db_pool_acquire_failures_total") >= 1.0);
+    assert!(failures(&down, ErrorCode::DatabaseUnavailable) >= f64::from(unavailable));
+    assert!(unavailable >= 2, "{unavailable}");
+    assert_eq!(
+        failures(&down, ErrorCode::DatabaseUnavailable)
+            + failures(&down, ErrorCode::DatabaseInterrupted),
+        down.value("user_api_errors_total", &[("code", "database_unavailable")])
+            .unwrap()
+            + down
+                .value("user_api_errors_total", &[("code", "database_interrupted")])
+                .unwrap(),
+        "each failed call is one error answer"
+    );
+
+    // Back: the gauge says so once the background probe got through.
+    server.resume();
+    let deadline = Instant::now() + Duration::from_secs(20) + query_timeout;
+    loop {
+        let scrape = Scrape::of(app.addr).await;
+        if gauge(&scrape, "user_api_database_reachable") == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still unreachable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(app.addr, "/users/1").await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn build_info_and_process_metrics_are_exported() {
+    let db = TestDb::create(shared_server()).await;
+    let app = serve(figment(&db.url())).await;
+    let scrape = Scrape::of(app.addr).await;
+    assert_eq!(
+        scrape.value(
+            "user_api_build_info",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", user_api::metrics::REVISION)
+            ]
+        ),
+        Some(1.0)
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        let value = scrape.value(name, &[]).unwrap_or_else(|| panic!("{name}"));
+        assert!(value > 0.0, "{name} {value}");
+    }
+    assert!(scrape.value("process_cpu_seconds_total", &[]).is_some());
+    // The scrape counts itself, by its template.
+    let again = Scrape::of(app.addr).await;
+    assert!(requests(&again, "/metrics", "GET", "200") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_can_be_turned_off_and_the_proxy_never_serves_them() {
+    let db = TestDb::create(shared_server()).await;
+    let off = serve(figment(&db.url()).merge(("metrics", false))).await;
+    let response = get(off.addr, "/metrics").await.unwrap();
+    assert_eq!(response.status, 404);
+    assert_eq!(response.error_code(), "not_found");
+    assert_eq!(get(off.addr, "/healthz").await.unwrap().status, 200);
+
+    let on = serve(figment(&db.url())).await;
+    let nginx = Nginx::start(on.addr, &[]);
+    let hidden = get(nginx.public, "/metrics").await.unwrap();
+    assert_eq!(hidden.status, 404);
+    assert!(
+        !hidden.body.contains("rocket_http_requests"),
+        "{}",
+        hidden.body
+    );
+    // The API itself does serve them, and never saw the proxied request.
+    let scrape = Scrape::of(on.addr).await;
+    assert_eq!(requests(&scrape, "/metrics", "GET", "200"), 0.0);
+}
