@@ -89,14 +89,14 @@ client_cnf() {
   pw="${pw//\"/\\\"}"
   (
     umask 077
-    printf '[client]\nuser="%s"\npassword="%s"\nhost="%s"\nport=%s\nprotocol=tcp\nconnect-timeout=10\ndefault-character-set=utf8mb4\n' \
+    printf '[client]\nuser="%s"\npassword="%s"\nhost="%s"\nport=%s\nprotocol=tcp\ndefault-character-set=utf8mb4\n' \
       "$user" "$pw" "$DB_HOST" "$DB_PORT" >"$cnf"
   )
   CNF="$cnf"
 }
 
 # sql CNF STATEMENT: runs one statement in the application database, batch output.
-sql() { mariadb --defaults-extra-file="$1" --batch --skip-column-names "$DB_NAME" -e "$2"; }
+sql() { mariadb --defaults-extra-file="$1" --connect-timeout=10 --batch --skip-column-names "$DB_NAME" -e "$2"; }
 
 backups() {
   local f
