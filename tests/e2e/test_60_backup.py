@@ -17,6 +17,8 @@ import gzip
 import hashlib
 import os
 import re
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -71,6 +73,57 @@ def root_sql(p, statements: str) -> str:
     return p.exec("db", "bash", "-c", script, input=statements).stdout
 
 
+class Transfers:
+    """Transactions that move 1 from ledger_a.bal to ledger_b.bal of one id (two tables, one
+    transaction each), as fast as one root session over the socket runs them: a dump that is not
+    one snapshot can catch one half of a transfer (a pair whose sum is not 1000)."""
+
+    PAIRS = 1000
+
+    def __init__(self, p):
+        root_sql(p, f"""
+            CREATE TABLE ledger_a (id INT PRIMARY KEY, bal BIGINT NOT NULL) ENGINE=InnoDB;
+            CREATE TABLE ledger_b (id INT PRIMARY KEY, bal BIGINT NOT NULL) ENGINE=InnoDB;
+            INSERT INTO ledger_a SELECT seq, 1000 FROM seq_1_to_{self.PAIRS};
+            INSERT INTO ledger_b SELECT seq, 0 FROM seq_1_to_{self.PAIRS};""")
+        script = ('s=/run/mysqld/mysqld.sock; [ -S "$s" ] || s=/tmp/mysqld/mysqld.sock; '
+                  'exec mariadb --defaults-extra-file=<(printf "[client]\\nuser=root\\npassword=%s\\n" '
+                  '"$(cat /run/secrets/db_root_password)") --socket="$s" --batch user_api')
+        self.proc = subprocess.Popen(p.command("exec", "-T", "db", "bash", "-c", script),
+                                     env=p.env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self.sent = 0
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        k = 0
+        while not self._halt.is_set():
+            k = k % self.PAIRS + 1
+            self.proc.stdin.write(
+                f"START TRANSACTION; UPDATE ledger_a SET bal = bal - 1 WHERE id = {k}; "
+                f"UPDATE ledger_b SET bal = bal + 1 WHERE id = {k}; COMMIT;\n")
+            self.proc.stdin.flush()
+            self.sent += 1
+            time.sleep(0.002)
+
+    def stop(self):
+        self._halt.set()
+        self._thread.join(10)
+        self.proc.stdin.close()
+        assert self.proc.wait(60) == 0, self.proc.stderr.read()
+
+    @staticmethod
+    def broken_pairs(p) -> tuple[int, int]:
+        """(pairs whose sum is not 1000, units moved) in the database now."""
+        out = root_sql(p, "SELECT COUNT(*) FROM ledger_a JOIN ledger_b USING (id) "
+                          "WHERE ledger_a.bal + ledger_b.bal <> 1000; "
+                          "SELECT SUM(bal) FROM ledger_b;")
+        broken, moved = out.split()
+        return int(broken), int(moved)
+
+
 def restart_api(p):
     p.compose("start", "api")
     p.up()
@@ -82,6 +135,7 @@ def leaks(p, text: str) -> list[str]:
 
 
 def test_backup_under_writes_down_v_restore(bk, record):
+    transfers = Transfers(bk)
     writer = e2e.Writer(bk.base_url, 600_000, "backup")
     writer.start()
     try:
@@ -96,6 +150,7 @@ def test_backup_under_writes_down_v_restore(bk, record):
         time.sleep(2)   # the API keeps writing after the backup
     finally:
         results = writer.stop()
+        transfers.stop()
     during = [r for r in results if r_started <= r.started <= t_done]
     assert during and all(r.status == 201 for r in during), (
         f"writes during the backup were not all acknowledged: {e2e.summary(during)}")
@@ -138,6 +193,11 @@ def test_backup_under_writes_down_v_restore(bk, record):
     acked_ids = sorted(r.userid for r in results if r.status == 201)
     assert ours == [u for u in acked_ids if u <= ours[-1]], "the restored writes have a hole"
     assert not (set(ours) & after_backup), "a write made after the backup is in it"
+    # no half transaction: every transfer in the snapshot is whole
+    broken, moved = Transfers.broken_pairs(bk)
+    assert broken == 0, f"{broken} ledger pairs hold half a transfer"
+    assert 0 < moved < transfers.sent, (moved, transfers.sent)
+    root_sql(bk, "DROP TABLE ledger_a, ledger_b;")
     r = requests.post(bk.url("/users"), json={"userid": 699_999, "username": "after restore"},
                       timeout=10)
     assert r.status_code == 201, r.text
@@ -145,7 +205,8 @@ def test_backup_under_writes_down_v_restore(bk, record):
     record(f"backup under writes: {took:.1f} s ({file.stat().st_size} bytes, {count} users), "
            f"{len(before)} acknowledged before it all restored after down -v; restore "
            f"(stop api + restore) {restore_took:.1f} s; writes during the backup: "
-           f"{e2e.summary(during)}")
+           f"{e2e.summary(during)}; two-table transfers: {transfers.sent} sent, {moved} in the "
+           "snapshot, none half")
 
 
 def _state(p) -> str:
