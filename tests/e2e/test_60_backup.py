@@ -74,18 +74,23 @@ def root_sql(p, statements: str) -> str:
 
 
 class Transfers:
-    """Transactions that move 1 from ledger_a.bal to ledger_b.bal of one id (two tables, one
-    transaction each), as fast as one root session over the socket runs them: a dump that is not
-    one snapshot can catch one half of a transfer (a pair whose sum is not 1000)."""
+    """Transactions that move 1 from a_ledger.bal to z_ledger.bal of one id (two tables, one
+    transaction each), as fast as one root session over the socket runs them. The dump reads the
+    tables in name order, and m_filler (100,000 rows) between the two takes a while: a dump that
+    is not one snapshot reads z_ledger after transfers that its a_ledger did not see (a pair
+    whose sum is not 1000; checked: with --skip-lock-tables instead of --single-transaction this
+    test fails)."""
 
     PAIRS = 1000
 
     def __init__(self, p):
         root_sql(p, f"""
-            CREATE TABLE ledger_a (id INT PRIMARY KEY, bal BIGINT NOT NULL) ENGINE=InnoDB;
-            CREATE TABLE ledger_b (id INT PRIMARY KEY, bal BIGINT NOT NULL) ENGINE=InnoDB;
-            INSERT INTO ledger_a SELECT seq, 1000 FROM seq_1_to_{self.PAIRS};
-            INSERT INTO ledger_b SELECT seq, 0 FROM seq_1_to_{self.PAIRS};""")
+            CREATE TABLE a_ledger (id INT PRIMARY KEY, bal BIGINT NOT NULL) ENGINE=InnoDB;
+            CREATE TABLE z_ledger (id INT PRIMARY KEY, bal BIGINT NOT NULL) ENGINE=InnoDB;
+            CREATE TABLE m_filler (id INT PRIMARY KEY, pad VARCHAR(200)) ENGINE=InnoDB;
+            INSERT INTO a_ledger SELECT seq, 1000 FROM seq_1_to_{self.PAIRS};
+            INSERT INTO z_ledger SELECT seq, 0 FROM seq_1_to_{self.PAIRS};
+            INSERT INTO m_filler SELECT seq, MD5(seq) FROM seq_1_to_100000;""")
         script = ('s=/run/mysqld/mysqld.sock; [ -S "$s" ] || s=/tmp/mysqld/mysqld.sock; '
                   'exec mariadb --defaults-extra-file=<(printf "[client]\\nuser=root\\npassword=%s\\n" '
                   '"$(cat /run/secrets/db_root_password)") --socket="$s" --batch user_api')
@@ -102,8 +107,8 @@ class Transfers:
         while not self._halt.is_set():
             k = k % self.PAIRS + 1
             self.proc.stdin.write(
-                f"START TRANSACTION; UPDATE ledger_a SET bal = bal - 1 WHERE id = {k}; "
-                f"UPDATE ledger_b SET bal = bal + 1 WHERE id = {k}; COMMIT;\n")
+                f"START TRANSACTION; UPDATE a_ledger SET bal = bal - 1 WHERE id = {k}; "
+                f"UPDATE z_ledger SET bal = bal + 1 WHERE id = {k}; COMMIT;\n")
             self.proc.stdin.flush()
             self.sent += 1
             time.sleep(0.002)
@@ -117,9 +122,9 @@ class Transfers:
     @staticmethod
     def broken_pairs(p) -> tuple[int, int]:
         """(pairs whose sum is not 1000, units moved) in the database now."""
-        out = root_sql(p, "SELECT COUNT(*) FROM ledger_a JOIN ledger_b USING (id) "
-                          "WHERE ledger_a.bal + ledger_b.bal <> 1000; "
-                          "SELECT SUM(bal) FROM ledger_b;")
+        out = root_sql(p, "SELECT COUNT(*) FROM a_ledger JOIN z_ledger USING (id) "
+                          "WHERE a_ledger.bal + z_ledger.bal <> 1000; "
+                          "SELECT SUM(bal) FROM z_ledger;")
         broken, moved = out.split()
         return int(broken), int(moved)
 
@@ -197,7 +202,7 @@ def test_backup_under_writes_down_v_restore(bk, record):
     broken, moved = Transfers.broken_pairs(bk)
     assert broken == 0, f"{broken} ledger pairs hold half a transfer"
     assert 0 < moved < transfers.sent, (moved, transfers.sent)
-    root_sql(bk, "DROP TABLE ledger_a, ledger_b;")
+    root_sql(bk, "DROP TABLE a_ledger, z_ledger, m_filler;")
     r = requests.post(bk.url("/users"), json={"userid": 699_999, "username": "after restore"},
                       timeout=10)
     assert r.status_code == 201, r.text
