@@ -356,6 +356,30 @@ def test_retention_keeps_the_newest_by_count_and_age(bk):
     assert sorted(f.name for f in d.glob("*.sql.gz")) == names[-1:]
 
 
+def test_the_scheduler_backs_up_at_once_and_stops_cleanly(bk):
+    d = bk.dir / "backups"
+    before = set(d.glob("*.sql.gz"))
+    prof = ("--profile", "backup-schedule")
+    bk.compose(*prof, "up", "-d", "backup-scheduler")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not set(d.glob("*.sql.gz")) - before:
+            time.sleep(0.5)
+        new = set(d.glob("*.sql.gz")) - before
+        assert len(new) == 1, f"the scheduler made {len(new)} backups in its first minute"
+        f = new.pop()
+        assert f.with_name(f.name + ".sha256").exists()
+        backup_cmd(bk, "verify", f.name)
+        assert bk.inspect("backup-scheduler")["State"]["Running"], "the scheduler exited"
+    finally:
+        t0 = time.monotonic()
+        bk.compose(*prof, "stop", "backup-scheduler")
+        took = time.monotonic() - t0
+    state = bk.inspect("backup-scheduler")["State"]
+    assert state["ExitCode"] == 0 and took < 10, (state["ExitCode"], took)
+    bk.compose(*prof, "rm", "-f", "backup-scheduler")
+
+
 def test_100k_users_backup_and_restore(bk, record):
     bk.compose("stop", "api")
     try:
