@@ -12,8 +12,21 @@
 #      the application database and its user ('<user>'@'%', ALL on that database only) are created;
 #      a 'healthcheck' login with a random password (USAGE only, local hosts only) is written to
 #      /var/lib/mysql/.my-healthcheck.cnf (0600) for healthcheck.sh, as the official image does;
-#   4. the temporary server is stopped and the real server is exec'ed with networking.
-# Later starts: exec the real server directly. Passwords are read only on the first start.
+#   4. the backup account (below) is created;
+#   5. the temporary server is stopped and the real server is exec'ed with networking.
+# Later starts: exec the real server directly. Passwords are read only on the first start, with
+# one exception: the backup account.
+#
+# Backup account (db/backup.sh, db/BACKUP.md): with BACKUP_PASSWORD_FILE set, '<BACKUP_USER>'@'%'
+# (default 'backup') gets SELECT, SHOW VIEW, TRIGGER and EVENT on MYSQL_DATABASE only: what
+# `mariadb-dump --single-transaction --no-tablespaces` needs, nothing that writes. A fingerprint of
+# (user, password, database, grant version) is kept in /var/lib/mysql/.db-backup-account (0600;
+# a sha256, not the password). At every start, when that file is missing or differs (a data volume
+# initialised before backups existed, a new password, a new grant), a temporary socket-only server
+# is started, the account is created or updated as root (MYSQL_ROOT_PASSWORD_FILE), and the file
+# written; this costs a few seconds once, and every other start execs the server directly. A
+# failure there (e.g. a root password file that no longer matches) is logged and the server
+# starts anyway: backups then fail with "Access denied", the API is not held hostage.
 #
 # Crash safety: a marker file (.db-entrypoint-init-in-progress) is written before anything else
 # and removed as the very last step of the first start. If the container dies half-way, the next
@@ -27,6 +40,8 @@
 #   MYSQL_USER                application user to create                 (optional)
 #   MYSQL_PASSWORD_FILE       file holding the application user's password (required with USER)
 #   MARIADB_ROOT_HOST         extra host for a root account; default: none (root@localhost only)
+#   BACKUP_PASSWORD_FILE      file holding the backup account's password (optional; no account without)
+#   BACKUP_USER               the backup account's name                  (default backup)
 # Plain MYSQL_ROOT_PASSWORD / MYSQL_PASSWORD values are refused: they would show in
 # `docker inspect` and in /proc/*/environ. Use the *_FILE variables with compose/docker secrets.
 #
@@ -43,6 +58,9 @@ DATADIR=/var/lib/mysql
 RUNDIR=/run/mysqld
 IN_PROGRESS=$DATADIR/.db-entrypoint-init-in-progress
 HEALTH_CNF=$DATADIR/.my-healthcheck.cnf
+BACKUP_MARK=$DATADIR/.db-backup-account
+# Bump when the backup account's grants change: every data volume gets them at its next start.
+BACKUP_GRANTS_VERSION=1
 
 log() { printf '%s [db-entrypoint] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -133,6 +151,99 @@ read_secret() {
 sql_str() { local s="${1//\\/\\\\}"; s="${s//\'/\\\'}"; printf "'%s'" "$s"; }
 sql_ident() { printf '`%s`' "${1//\`/\`\`}"; }
 
+# ---- backup account ---------------------------------------------------------------------------------
+# backup_settings: sets BK_USER, BK_PW, BK_DB, BK_FP (empty BK_USER: no account to manage).
+backup_settings() {
+  local file="${BACKUP_PASSWORD_FILE:-}"
+  BK_USER="" BK_PW="" BK_DB="" BK_FP=""
+  [[ -n "$file" ]] || return 0
+  BK_DB="$(env_pick DATABASE)"
+  if [[ -z "$BK_DB" ]]; then
+    log "WARNING: BACKUP_PASSWORD_FILE is set but MYSQL_DATABASE is not: no backup account"
+    return 0
+  fi
+  if [[ ! -r "$file" ]]; then
+    log "WARNING: BACKUP_PASSWORD_FILE=$file is missing or not readable by uid $(id -u): no backup account (backups will fail)"
+    return 0
+  fi
+  BK_PW="$(<"$file")"
+  if [[ -z "$BK_PW" ]]; then
+    log "WARNING: BACKUP_PASSWORD_FILE=$file is empty: no backup account"
+    return 0
+  fi
+  BK_USER="${BACKUP_USER:-backup}"
+  [[ "$BK_USER" != root && "$BK_USER" != "$(env_pick USER)" ]] || die "BACKUP_USER=$BK_USER: the backup account must be an account of its own"
+  BK_FP="$(printf 'v%s\n%s\n%s\n%s\n' "$BACKUP_GRANTS_VERSION" "$BK_USER" "$BK_DB" "$BK_PW" | sha256sum)"
+  BK_FP="${BK_FP%% *}"
+}
+
+# backup_account_sql: the idempotent statements that create/update the account.
+backup_account_sql() {
+  local grant_db="${BK_DB//_/\\_}"; grant_db="${grant_db//%/\\%}"
+  printf '%s\n' \
+    "CREATE USER IF NOT EXISTS $(sql_str "$BK_USER")@'%' IDENTIFIED BY $(sql_str "$BK_PW");" \
+    "ALTER USER $(sql_str "$BK_USER")@'%' IDENTIFIED BY $(sql_str "$BK_PW");" \
+    "GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON $(sql_ident "$grant_db").* TO $(sql_str "$BK_USER")@'%';"
+}
+
+write_backup_mark() {
+  (umask 077; printf '%s\n' "$BK_FP" >"$BACKUP_MARK.tmp" && mv -f "$BACKUP_MARK.tmp" "$BACKUP_MARK")
+}
+
+# start_temp_server WHAT: a server on the unix socket only (TMP_PID); waits until it answers.
+start_temp_server() {
+  local what="$1" i
+  "${MARIADBD[@]}" --skip-networking --skip-log-bin \
+    --loose-innodb-buffer-pool-load-at-startup=0 --loose-innodb-buffer-pool-dump-at-shutdown=0 &
+  TMP_PID=$!
+  # A stop request meanwhile: stop the temporary server cleanly, then exit.
+  trap 'log "stop requested during $what"; kill -TERM "$TMP_PID" 2>/dev/null; wait "$TMP_PID" 2>/dev/null; exit 143' TERM INT
+  for ((i = 0; i < 120; i++)); do
+    kill -0 "$TMP_PID" 2>/dev/null || die "the temporary server exited during $what (see its log above)"
+    mariadb-admin --no-defaults --protocol=socket --socket="$SOCKET" -uroot ping >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  die "the temporary server did not answer on $SOCKET within 60 s"
+}
+
+stop_temp_server() {
+  log "stopping the temporary server"
+  kill -TERM "$TMP_PID"
+  wait "$TMP_PID" || die "the temporary server did not shut down cleanly"
+  trap - TERM INT
+}
+
+# Later starts: create or update the backup account if its fingerprint file says so.
+ensure_backup_account() {
+  local root_pw root_file cnf
+  backup_settings
+  [[ -n "$BK_USER" ]] || return 0
+  if [[ -r "$BACKUP_MARK" && "$(<"$BACKUP_MARK")" == "$BK_FP" ]]; then
+    return 0
+  fi
+  root_file="${MARIADB_ROOT_PASSWORD_FILE:-${MYSQL_ROOT_PASSWORD_FILE:-}}"
+  if [[ -z "$root_file" || ! -r "$root_file" ]]; then
+    log "WARNING: the backup account '$BK_USER' needs creating or updating, but MYSQL_ROOT_PASSWORD_FILE is not set or not readable: skipped (backups will fail)"
+    return 0
+  fi
+  root_pw="$(<"$root_file")"
+  log "creating or updating the backup account '$BK_USER' (a temporary socket-only server, once)"
+  start_temp_server "the backup account setup"
+  cnf="$RUNDIR/.root.cnf"
+  (umask 077; printf '[client]\nuser=root\npassword="%s"\n' "$(printf '%s' "$root_pw" | sed 's/[\\"]/\\&/g')" >"$cnf")
+  unset root_pw
+  if { printf 'SET SESSION sql_log_bin=0;\n'; backup_account_sql; } \
+      | mariadb --defaults-extra-file="$cnf" --protocol=socket --socket="$SOCKET" --batch >/dev/null; then
+    write_backup_mark
+    log "backup account '$BK_USER' ready (SELECT, SHOW VIEW, TRIGGER, EVENT on '$BK_DB')"
+  else
+    log "WARNING: creating the backup account failed (the error is above; does secrets/db_root_password.txt still hold root's password?): starting without it"
+  fi
+  rm -f "$cnf"
+  stop_temp_server
+  unset BK_PW
+}
+
 # ---- data directory state -------------------------------------------------------------------------
 [[ -d "$DATADIR" && -w "$DATADIR" ]] || die "$DATADIR is missing or not writable by uid $(id -u) (the volume must be owned by 999:999; a fresh named volume inherits that from the image)"
 rm -f "$SOCKET" "$SOCKET.lock" "$RUNDIR/mariadbd.pid"
@@ -159,7 +270,7 @@ fi
 
 # ---- first start ------------------------------------------------------------------------------------
 init_database() {
-  local root_pw db user="" user_pw="" hc_pw root_host sql basedir mariadbd_path tmp_pid i
+  local root_pw db user="" user_pw="" hc_pw root_host sql basedir mariadbd_path
 
   root_pw="$(read_secret ROOT_PASSWORD)"
   db="$(env_pick DATABASE)"
@@ -193,19 +304,9 @@ init_database() {
   rm -f "$RUNDIR/install-db.log"
 
   log "starting a temporary server (unix socket only) to create users and the database"
-  "${MARIADBD[@]}" --skip-networking --skip-log-bin \
-    --loose-innodb-buffer-pool-load-at-startup=0 --loose-innodb-buffer-pool-dump-at-shutdown=0 &
-  tmp_pid=$!
-  # A stop request during initialisation: stop the temporary server cleanly, leave the marker,
-  # so that the next start retries from scratch.
-  trap 'log "stop requested during initialisation"; kill -TERM "$tmp_pid" 2>/dev/null; wait "$tmp_pid" 2>/dev/null; exit 143' TERM INT
-
-  for ((i = 0; i < 120; i++)); do
-    kill -0 "$tmp_pid" 2>/dev/null || die "the temporary server exited during initialisation (see its log above)"
-    mariadb-admin --no-defaults --protocol=socket --socket="$SOCKET" -uroot ping >/dev/null 2>&1 && break
-    sleep 0.5
-  done
-  ((i < 120)) || die "the temporary server did not answer on $SOCKET within 60 s"
+  # A stop request during initialisation stops the temporary server cleanly and leaves the
+  # marker, so that the next start retries from scratch.
+  start_temp_server initialisation
 
   sql="SET SESSION sql_log_bin=0;
 -- root: local only. mariadb-install-db also made passwordless root@127.0.0.1 and root@::1.
@@ -236,6 +337,12 @@ CREATE USER $(sql_str "$user")@'%' IDENTIFIED BY $(sql_str "$user_pw");"
 GRANT ALL ON $(sql_ident "$grant_db").* TO $(sql_str "$user")@'%';"
     fi
   fi
+  backup_settings
+  if [[ -n "$BK_USER" ]]; then
+    sql+="
+-- the backup account: read-only, on the application database only (db/backup.sh)
+$(backup_account_sql)"
+  fi
   sql+="
 FLUSH PRIVILEGES;"
 
@@ -243,7 +350,8 @@ FLUSH PRIVILEGES;"
         --batch --skip-column-names >/dev/null; then
     die "setting up users and the database failed (the SQL error is above)"
   fi
-  unset root_pw user_pw sql
+  unset root_pw user_pw sql BK_PW
+  [[ -z "$BK_USER" ]] || write_backup_mark
 
   (
     umask 077
@@ -253,20 +361,18 @@ FLUSH PRIVILEGES;"
   )
   unset hc_pw
 
-  log "stopping the temporary server"
-  kill -TERM "$tmp_pid"
-  wait "$tmp_pid" || die "the temporary server did not shut down cleanly"
-  trap - TERM INT
+  stop_temp_server
   sync
   rm -f "$IN_PROGRESS"
   sync
-  log "initialisation complete${db:+: database '$db'}${user:+, user '$user'}"
+  log "initialisation complete${db:+: database '$db'}${user:+, user '$user'}${BK_USER:+, backup account '$BK_USER'}"
 }
 
 if ((needs_init)); then
   init_database
 else
   log "data directory already initialised: starting the server"
+  ensure_backup_account
 fi
 
 exec "${MARIADBD[@]}" "$@"

@@ -54,7 +54,7 @@ let
       # protects them on the host is 0700 (the runtime contract's rule).
       mkdir -p secrets
       chmod 0700 secrets
-      for name in db_password db_root_password; do
+      for name in db_password db_root_password db_backup_password; do
         file="secrets/$name.txt"
         if [ ! -s "$file" ]; then
           secret="$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"

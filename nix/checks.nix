@@ -58,7 +58,7 @@ in
 
   # The db image runs these scripts verbatim; info-level notes are not failures.
   db-scripts = runCommand "user-api-db-scripts-shellcheck" { nativeBuildInputs = [ shellcheck ]; } ''
-    shellcheck --severity=warning ${../db/entrypoint.sh} ${../db/healthcheck.sh}
+    shellcheck --severity=warning ${../db/entrypoint.sh} ${../db/healthcheck.sh} ${../db/backup.sh}
     touch "$out"
   '';
 

@@ -13,6 +13,7 @@
   gawk,
   gnugrep,
   findutils,
+  gzip,
   busybox,
   nginx,
   mariadb,
@@ -138,9 +139,10 @@ let
   };
 
   # ---- db ---------------------------------------------------------------------------------------
-  # MariaDB LTS with the repo's db/entrypoint.sh as /bin/db-entrypoint and db/healthcheck.sh as
-  # /bin/healthcheck.sh. Both are bash scripts, installed verbatim and started through a wrapper
-  # that puts what they (and mariadb-install-db) call on PATH.
+  # MariaDB LTS with the repo's db/entrypoint.sh as /bin/db-entrypoint, db/healthcheck.sh as
+  # /bin/healthcheck.sh and db/backup.sh as /bin/db-backup (the compose backup service). All are
+  # bash scripts, installed verbatim and started through a wrapper that puts what they (and
+  # mariadb-install-db) call on PATH; gzip for the backups (sha256sum is in coreutils).
   dbTools = [
     bash
     coreutils
@@ -148,6 +150,7 @@ let
     gawk
     gnugrep
     findutils
+    gzip
     mariadb
   ];
 
@@ -159,11 +162,15 @@ let
       ''
         install -Dm444 ${../db/entrypoint.sh} "$out/libexec/user-api-db/entrypoint.sh"
         install -Dm444 ${../db/healthcheck.sh} "$out/libexec/user-api-db/healthcheck.sh"
+        install -Dm444 ${../db/backup.sh} "$out/libexec/user-api-db/backup.sh"
         makeWrapper ${bash}/bin/bash "$out/bin/db-entrypoint" \
           --add-flags "$out/libexec/user-api-db/entrypoint.sh" \
           --prefix PATH : ${lib.makeBinPath dbTools}
         makeWrapper ${bash}/bin/bash "$out/bin/healthcheck.sh" \
           --add-flags "$out/libexec/user-api-db/healthcheck.sh" \
+          --prefix PATH : ${lib.makeBinPath dbTools}
+        makeWrapper ${bash}/bin/bash "$out/bin/db-backup" \
+          --add-flags "$out/libexec/user-api-db/backup.sh" \
           --prefix PATH : ${lib.makeBinPath dbTools}
       '';
 
@@ -199,9 +206,9 @@ let
     # chown possible without root; the paths are relative to the final layer's root. /tmp:
     # nothing in the contents provides it.
     fakeRootCommands = ''
-      mkdir -p .${contract.db.dataDir} tmp
-      chown ${toString contract.db.uid}:${toString contract.db.gid} .${contract.db.dataDir}
-      chmod 0750 .${contract.db.dataDir}
+      mkdir -p .${contract.db.dataDir} .${contract.db.backupDir} tmp
+      chown ${toString contract.db.uid}:${toString contract.db.gid} .${contract.db.dataDir} .${contract.db.backupDir}
+      chmod 0750 .${contract.db.dataDir} .${contract.db.backupDir}
       chmod 1777 tmp
     '';
     config = dbConfig;
@@ -260,6 +267,8 @@ in
       files = [
         "bin/db-entrypoint"
         "bin/healthcheck.sh"
+        "bin/db-backup"
+        "bin/gzip"
         "bin/bash"
         "bin/mariadbd"
         "bin/mariadb"

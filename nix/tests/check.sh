@@ -268,8 +268,8 @@ for app in load up; do
   fi
 done
 if command -v shellcheck >/dev/null 2>&1; then
-  if shellcheck --severity=warning "$repo/db/entrypoint.sh" "$repo/db/healthcheck.sh"; then
-    ok "shellcheck --severity=warning: db/entrypoint.sh db/healthcheck.sh"
+  if shellcheck --severity=warning "$repo/db/entrypoint.sh" "$repo/db/healthcheck.sh" "$repo/db/backup.sh"; then
+    ok "shellcheck --severity=warning: db/entrypoint.sh db/healthcheck.sh db/backup.sh"
   else
     bad "shellcheck: db scripts"
   fi

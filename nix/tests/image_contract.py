@@ -34,7 +34,7 @@ import yaml
 REQUIRED_FILES = {
     "api": ["bin/user-api"],
     "proxy": ["bin/nginx", "bin/wget"],
-    "db": ["bin/db-entrypoint", "bin/healthcheck.sh"],
+    "db": ["bin/db-entrypoint", "bin/healthcheck.sh", "bin/db-backup"],
 }
 
 
@@ -69,7 +69,11 @@ def nginx_includes(conf_path):
 
 
 # The secrets `nix run .#up` creates (nix/apps.nix).
-UP_SECRETS = {"secrets/db_password.txt", "secrets/db_root_password.txt"}
+UP_SECRETS = {
+    "secrets/db_password.txt",
+    "secrets/db_root_password.txt",
+    "secrets/db_backup_password.txt",
+}
 
 DOCKER_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -18,7 +18,8 @@ def _leaks(project, text: str) -> list[str]:
 
 
 def test_secrets_reach_the_containers_only_as_files(stack):
-    for service, wanted in (("db", {"db_password", "db_root_password"}), ("api", {"db_password"})):
+    for service, wanted in (("db", {"db_password", "db_root_password", "db_backup_password"}),
+                             ("api", {"db_password"})):
         info = stack.inspect(service)
         mounts = {m["Destination"]: m["Type"] for m in info["Mounts"]}
         for name in wanted:

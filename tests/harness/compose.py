@@ -56,10 +56,10 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 # The one-liner of README.md and the docker-compose.yml header, run verbatim (bash) in the
 # project directory. A test checks that both documents still say exactly this.
 SECRETS_ONE_LINER = (
-    "install -d -m 0700 secrets && for s in db_password db_root_password; do\n"
+    "install -d -m 0700 secrets && for s in db_password db_root_password db_backup_password; do\n"
     "  (umask 022; head -c 32 /dev/urandom | base64 | tr -d '/+=\\n' > secrets/$s.txt); done"
 )
-SECRETS = ("db_password", "db_root_password")
+SECRETS = ("db_password", "db_root_password", "db_backup_password")
 
 PROJECT_LABEL = "com.docker.compose.project"
 # Containers a test starts by itself (probes) carry this label with the project name.

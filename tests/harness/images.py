@@ -48,12 +48,12 @@ CREATED = "1970-01-01T00:00:01+00:00"
 _S = 1_000_000_000
 HEALTHCHECK_TIMINGS = {"Interval": 10 * _S, "Timeout": 5 * _S, "StartPeriod": 30 * _S, "Retries": 3}
 
-# Tools the db entrypoint, healthcheck.sh and mariadb-install-db call.
+# Tools the db entrypoint, healthcheck.sh, backup.sh and mariadb-install-db call.
 DB_TOOLS = (
     "cat chmod cp date dirname basename env head id ln ls mkdir mv od readlink rm sleep "
-    "stat sync timeout touch tr uname sed grep mawk"
+    "stat sync timeout touch tr uname sed grep mawk gzip sha256sum tail mktemp"
 ).split()
-DB_CLIENTS = ("mariadb", "mariadb-admin", "my_print_defaults", "resolveip")
+DB_CLIENTS = ("mariadb", "mariadb-admin", "mariadb-dump", "my_print_defaults", "resolveip")
 
 
 class ContractError(Exception):
@@ -353,9 +353,12 @@ def db_image(c: dict) -> tuple[list[Layer], dict]:
     # The same two scripts the Nix image installs, under the names of the contract.
     custom.file(c["entrypoint"][0], src=REPO / "db" / "entrypoint.sh", mode=0o755)
     custom.file(f"/usr/bin/{c['healthcheck'][1]}", src=REPO / "db" / "healthcheck.sh", mode=0o755)
+    custom.file(c["backupCommand"], src=REPO / "db" / "backup.sh", mode=0o755)
     # Owned by mysql, so that a fresh named volume mounted there inherits the owner. No
     # /run/mysqld: compose mounts a tmpfs there (see nix/images.nix for why it must not exist).
     custom.dir(c["dataDir"], 0o750, c["uid"], c["gid"])
+    # The backup service's mount point (compose binds ./backups over it).
+    custom.dir(c["backupDir"], 0o750, c["uid"], c["gid"])
     config = _config(c, "user-api-db (stand-in)",
                      Env=["PATH=/usr/bin:/usr/sbin"], Volumes={c["dataDir"]: {}})
     return [libs, custom], config

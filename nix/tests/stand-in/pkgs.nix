@@ -32,7 +32,8 @@
 # Attribute names (top-level): mariadb_114 (pkgs/top-level/all-packages.nix: `mariadb =
 # mariadb_114`), busybox, sqlx-cli, wrk, yq-go, nixfmt, nixfmt-tree (pkgs/by-name/...), nginx,
 # makeWrapper, shellcheck, python3 (withPackages, pyyaml), rustc, cargo, clippy, rustfmt,
-# rust-analyzer, curl, bash, bashInteractive, coreutils, gnused, gawk, gnugrep, findutils.
+# rust-analyzer, curl, bash, bashInteractive, coreutils, gnused, gawk, gnugrep, findutils, gzip
+# (pkgs/by-name/gz/gzip).
 { lib, system }:
 let
   inherit (builtins)
@@ -640,6 +641,7 @@ let
     gawk = pkg { pname = "gawk"; };
     gnugrep = pkg { pname = "gnugrep"; };
     findutils = pkg { pname = "findutils"; };
+    gzip = pkg { pname = "gzip"; };
   }
   // import ./rust.nix {
     inherit lib mkDerivation fail;
