@@ -56,7 +56,7 @@ impl Reachability {
         self.down.load(Ordering::Acquire)
     }
 
-    fn mark_down(self: &Arc<Self>, pool: &MySqlPool, reason: &sqlx::Error) {
+    fn mark_down(self: &Arc<Self>, pool: &MySqlPool, reason: &dyn std::fmt::Display) {
         if self.down.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -68,10 +68,11 @@ impl Reachability {
         tokio::spawn(async move { this.probe_until_up(pool).await });
     }
 
-    /// A pooled connection broke: the server may have restarted (then the
-    /// other pooled connections are dead too) or be gone. One connection
-    /// attempt decides, off the request path.
-    fn suspect(self: &Arc<Self>, pool: &MySqlPool, reason: sqlx::Error) {
+    /// A pooled connection broke or a statement ran out of time: the server
+    /// may have restarted (then the other pooled connections are dead too),
+    /// be gone or stalled, or only be slow (a lock, a long query). One
+    /// connection attempt decides, off the request path.
+    fn suspect(self: &Arc<Self>, pool: &MySqlPool, reason: String) {
         if self.is_down() || self.checking.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -277,6 +278,22 @@ impl UserPool {
         result
     }
 
+    /// What a failed acquire says about the server. With every connection
+    /// open and lent out, the pool is saturated (slow statements, a lock):
+    /// the server answers, so only a probe may conclude it is down. Any
+    /// other failure means a new connection could not be made.
+    fn after_acquire_failure(&self, error: &sqlx::Error) {
+        let saturated = self.pool.size() >= self.pool.options().get_max_connections()
+            && self.pool.num_idle() == 0;
+        match error {
+            sqlx::Error::PoolClosed => {}
+            sqlx::Error::PoolTimedOut if saturated => {
+                self.reachability.suspect(&self.pool, error.to_string())
+            }
+            _ => self.reachability.mark_down(&self.pool, error),
+        }
+    }
+
     /// A pooled connection by `deadline`, timed and counted. A timeout is
     /// sqlx's own `PoolTimedOut`: the same answer, whichever deadline hit.
     async fn acquire_by(&self, deadline: Instant) -> Result<PoolConnection<MySql>, sqlx::Error> {
@@ -306,9 +323,7 @@ impl UserPool {
         match self.acquire_by(deadline).await {
             Ok(connection) => Ok((connection, deadline)),
             Err(e) => {
-                if !matches!(e, sqlx::Error::PoolClosed) {
-                    self.reachability.mark_down(&self.pool, &e);
-                }
+                self.after_acquire_failure(&e);
                 Err(e.into())
             }
         }
@@ -324,9 +339,13 @@ impl UserPool {
         statement: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<Result<T, sqlx::Error>, ApiError> {
         match tokio::time::timeout_at(deadline.into(), statement).await {
-            Err(_) => Err(ApiError::database_interrupted()),
+            Err(_) => {
+                let reason = "a statement got no answer within the query timeout".to_owned();
+                self.reachability.suspect(&self.pool, reason);
+                Err(ApiError::database_interrupted())
+            }
             Ok(Err(e)) if ApiError::is_interruption(&e) => {
-                self.reachability.suspect(&self.pool, e);
+                self.reachability.suspect(&self.pool, e.to_string());
                 Err(ApiError::database_interrupted())
             }
             Ok(result) => Ok(result),

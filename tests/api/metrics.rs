@@ -301,8 +301,11 @@ async fn pool_gauges_and_database_failures_follow_the_database() {
         }
     }
     let down = Scrape::of(app.addr).await;
+    // (Whether an acquire failed too depends on timing: a pooled connection
+    // used within the last second is not pinged, so the first request may
+    // find the server gone through it, and the API knows before any
+    // acquire is tried.)
     assert_eq!(gauge(&down, "user_api_database_reachable"), 0.0);
-    assert!(gauge(&down, "user_api_db_pool_acquire_failures_total") >= 1.0);
     assert!(failures(&down, ErrorCode::DatabaseUnavailable) >= f64::from(unavailable));
     assert!(unavailable >= 2, "{unavailable}");
     assert_eq!(
