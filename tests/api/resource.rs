@@ -148,6 +148,11 @@ async fn the_list_is_keyset_paginated() {
     let all = body(client.get("/users").dispatch().await).await;
     assert_eq!(all["users"].as_array().unwrap().len(), 5);
     assert_eq!(all["next_after"], Value::Null);
+    let zero_padded = body(client.get("/users?limit=0002").dispatch().await).await;
+    assert_eq!(
+        zero_padded, first,
+        "limit=0002 is limit=2, as userid=007 is 7"
+    );
     let exact = body(client.get("/users?limit=5").dispatch().await).await;
     assert_eq!(
         exact["next_after"],
@@ -175,6 +180,9 @@ async fn bad_list_parameters_are_400() {
         ("/users?limit=101", "invalid_limit"),
         ("/users?limit=-5", "invalid_limit"),
         ("/users?limit=ten", "invalid_limit"),
+        ("/users?limit=%2B5", "invalid_limit"),
+        ("/users?limit=+5", "invalid_limit"),
+        ("/users?limit=0101", "invalid_limit"),
         ("/users?after=x", "invalid_userid"),
         ("/users?after=-1", "invalid_userid"),
     ] {
