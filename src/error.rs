@@ -117,10 +117,6 @@ impl ApiError {
         self.code
     }
 
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
     /// Carries the error through Rocket's form machinery so that a query
     /// parameter's own message and code reach the client.
     pub fn into_form_error<'v>(self) -> form::Errors<'v> {
@@ -355,6 +351,25 @@ mod tests {
         for bug in [1062, 1064, 1146, 1045] {
             assert!(!is_transient_server_error(bug), "{bug}");
         }
+    }
+
+    #[test]
+    fn a_lost_connection_under_a_sent_statement_is_an_interruption() {
+        let lost = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(ApiError::is_interruption(&sqlx::Error::Io(lost)));
+        assert!(ApiError::is_interruption(&sqlx::Error::Protocol(
+            "packet out of order".into()
+        )));
+        assert!(ApiError::is_interruption(&sqlx::Error::WorkerCrashed));
+        // Never sent, or answered: not an interruption.
+        assert!(!ApiError::is_interruption(&sqlx::Error::PoolTimedOut));
+        assert!(!ApiError::is_interruption(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn display_is_code_then_message() {
+        let error = ApiError::bad_request("invalid_limit", "limit must be an integer");
+        assert_eq!(error.to_string(), "invalid_limit: limit must be an integer");
     }
 
     #[test]
