@@ -269,6 +269,26 @@ mod tests {
     }
 
     #[test]
+    fn a_json_body_that_breaks_a_rule_is_422_and_says_which() {
+        for (body, code) in [
+            (json!({"userid": "1", "username": "x"}), "invalid_userid"),
+            (json!({"userid": 1, "username": ""}), "invalid_username"),
+            (json!({"userid": 1}), "missing_field"),
+            (json!([1, "x"]), "invalid_body"),
+        ] {
+            let err = User::from_json(body.clone()).unwrap_err();
+            assert_eq!(
+                (err.status(), err.code()),
+                (rocket::http::Status::UnprocessableEntity, code),
+                "{body}"
+            );
+        }
+        // The same rule in a query parameter is a 400.
+        let err = UserName::parse("").unwrap_err();
+        assert_eq!(err.status(), rocket::http::Status::BadRequest);
+    }
+
+    #[test]
     fn username_rules() {
         assert!(UserName::parse("John").is_ok());
         assert!(UserName::parse(" padded ").is_ok());
