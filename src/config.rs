@@ -273,6 +273,35 @@ mod tests {
     }
 
     #[test]
+    fn defaults_are_the_documented_ones() {
+        // README's configuration table: pool 16, 2; timeouts 3, 300, 3 s;
+        // startup deadline 60 s.
+        let s = settings(&[("url", "mysql://u@dbhost/app")]);
+        assert_eq!((s.max_connections, s.min_connections), (16, 2));
+        assert_eq!(s.connect_timeout(), Duration::from_secs(3));
+        assert_eq!(s.idle_timeout(), Duration::from_secs(300));
+        assert_eq!(s.query_timeout(), Duration::from_secs(3));
+        assert_eq!(s.startup_timeout(), Duration::from_secs(60));
+
+        let app: AppSettings = Figment::new().extract().unwrap();
+        assert_eq!(app.log_format, LogFormat::Text);
+        assert_eq!(app.log_level, LogLevel::Off);
+        assert!(app.access_log);
+    }
+
+    #[test]
+    fn timeouts_may_be_fractional_and_never_negative() {
+        let s: DatabaseSettings = Figment::new()
+            .merge(Serialized::default("url", "mysql://u@dbhost/app"))
+            .merge(Serialized::default("query_timeout", 0.25))
+            .merge(Serialized::default("connect_timeout", -1.0))
+            .extract()
+            .unwrap();
+        assert_eq!(s.query_timeout(), Duration::from_millis(250));
+        assert_eq!(s.connect_timeout(), Duration::ZERO);
+    }
+
+    #[test]
     fn describe_leaves_credentials_out() {
         let s = settings(&[("url", "mysql://u:topsecret@dbhost:3307/app")]);
         assert_eq!(s.describe(), "dbhost:3307/app");

@@ -141,6 +141,9 @@ impl PageSize {
     pub const DEFAULT: Self = Self(20);
     pub const MAX: u8 = 100;
 
+    /// The same digits rule as a userid: only ASCII digits (no sign, space or
+    /// exponent; `"+5".parse::<u8>()` alone would take a sign), and leading
+    /// zeros are fine: `005` is 5, however many zeros lead.
     pub fn parse(text: &str) -> Result<Self, ApiError> {
         let invalid = || {
             ApiError::new(
@@ -148,7 +151,7 @@ impl PageSize {
                 "limit must be an integer from 1 to 100",
             )
         };
-        if text.is_empty() || text.len() > 3 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid());
         }
         match text.parse::<u8>() {
@@ -270,6 +273,26 @@ mod tests {
     }
 
     #[test]
+    fn a_json_body_that_breaks_a_rule_is_422_and_says_which() {
+        for (body, code) in [
+            (json!({"userid": "1", "username": "x"}), "invalid_userid"),
+            (json!({"userid": 1, "username": ""}), "invalid_username"),
+            (json!({"userid": 1}), "missing_field"),
+            (json!([1, "x"]), "invalid_body"),
+        ] {
+            let err = User::from_json(body.clone()).unwrap_err();
+            assert_eq!(
+                (err.status(), err.code().as_str()),
+                (rocket::http::Status::UnprocessableEntity, code),
+                "{body}"
+            );
+        }
+        // The same rule in a query parameter is a 400.
+        let err = UserName::parse("").unwrap_err();
+        assert_eq!(err.status(), rocket::http::Status::BadRequest);
+    }
+
+    #[test]
     fn username_rules() {
         assert!(UserName::parse("John").is_ok());
         assert!(UserName::parse(" padded ").is_ok());
@@ -297,8 +320,15 @@ mod tests {
     fn page_size_rules() {
         assert_eq!(PageSize::parse("1").unwrap().get(), 1);
         assert_eq!(PageSize::parse("100").unwrap().get(), 100);
-        for bad in ["0", "101", "-1", "", "1e2", "1000"] {
-            assert!(PageSize::parse(bad).is_err(), "{bad:?}");
+        // Leading zeros as for a userid, however many.
+        assert_eq!(PageSize::parse("005").unwrap().get(), 5);
+        assert_eq!(PageSize::parse("0005").unwrap().get(), 5);
+        assert_eq!(PageSize::parse("0000000100").unwrap().get(), 100);
+        for bad in [
+            "0", "000", "0101", "101", "256", "1000", "-1", "+5", " 5", "5 ", "", "1e2", "0x5",
+        ] {
+            let err = PageSize::parse(bad).unwrap_err();
+            assert_eq!(err.code().as_str(), "invalid_limit", "{bad:?}");
         }
     }
 }

@@ -192,10 +192,6 @@ impl ApiError {
         self.code
     }
 
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
     /// Carries the error through Rocket's form machinery so that a query
     /// parameter's own message and code reach the client.
     pub fn into_form_error<'v>(self) -> form::Errors<'v> {
@@ -405,6 +401,51 @@ mod tests {
         }
     }
 
+    use rocket::local::blocking::Client;
+    use rocket::{get, routes};
+
+    /// A handler that answers a bare status, as Rocket does itself for a
+    /// failed guard, an oversized form or a panic: the catcher answers.
+    #[get("/status/<code>")]
+    fn bare(code: u16) -> Status {
+        Status::from_code(code).unwrap()
+    }
+
+    #[test]
+    fn statuses_rocket_raises_itself_get_the_json_shape() {
+        let rocket = rocket::custom(rocket::Config::debug_default())
+            .mount("/", routes![bare])
+            .register("/", catchers());
+        let client = Client::untracked(rocket).unwrap();
+        for (raised, status, code) in [
+            (400, 400, "bad_request"),
+            (413, 413, "payload_too_large"),
+            (415, 415, "unsupported_media_type"),
+            (422, 422, "unprocessable"),
+            (500, 500, "internal"),
+            // No upstream behind the API: any other 5xx is its own failure.
+            (502, 500, "internal"),
+            (503, 503, "database_unavailable"),
+            (418, 418, "error"),
+        ] {
+            let response = client.get(format!("/status/{raised}")).dispatch();
+            assert_eq!(response.status().code, status, "{raised}");
+            assert_eq!(response.content_type(), Some(ContentType::JSON));
+            let retry_after = response.headers().get_one("Retry-After").map(str::to_owned);
+            assert_eq!(
+                retry_after.as_deref(),
+                (status == 503).then_some("1"),
+                "{raised}"
+            );
+            let body: serde_json::Value = response.into_json().unwrap();
+            assert_eq!(body["error"], code, "{raised}");
+            assert!(
+                body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{raised}"
+            );
+        }
+    }
+
     #[test]
     fn the_body_carries_the_code_and_the_status_follows_it() {
         let error = ApiError::new(ErrorCode::UserExists, "taken");
@@ -413,5 +454,52 @@ mod tests {
         let in_body = ApiError::new(ErrorCode::InvalidUserid, "bad").unprocessable();
         assert_eq!(in_body.status(), Status::UnprocessableEntity);
         assert_eq!(in_body.code(), ErrorCode::InvalidUserid);
+    }
+
+    #[test]
+    fn only_transient_server_errors_mean_try_again() {
+        for retry in [1040, 1053, 1205, 1213, 1927, 2006, 2013] {
+            assert!(is_transient_server_error(retry), "{retry}");
+        }
+        // Duplicate key, syntax error, unknown table, access denied: bugs or
+        // configuration, not worth a retry.
+        for bug in [1062, 1064, 1146, 1045] {
+            assert!(!is_transient_server_error(bug), "{bug}");
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_under_a_sent_statement_is_an_interruption() {
+        let lost = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(ApiError::is_interruption(&sqlx::Error::Io(lost)));
+        assert!(ApiError::is_interruption(&sqlx::Error::Protocol(
+            "packet out of order".into()
+        )));
+        assert!(ApiError::is_interruption(&sqlx::Error::WorkerCrashed));
+        // Never sent, or answered: not an interruption.
+        assert!(!ApiError::is_interruption(&sqlx::Error::PoolTimedOut));
+        assert!(!ApiError::is_interruption(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn display_is_code_then_message() {
+        let error = ApiError::new(ErrorCode::InvalidLimit, "limit must be an integer");
+        assert_eq!(error.to_string(), "invalid_limit: limit must be an integer");
+    }
+
+    #[test]
+    fn sqlx_errors_map_to_503_or_500() {
+        for gone in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::WorkerCrashed,
+        ] {
+            assert_eq!(ApiError::from(gone).code(), ErrorCode::DatabaseUnavailable);
+        }
+        let bug = ApiError::from(sqlx::Error::RowNotFound);
+        assert_eq!(
+            (bug.status(), bug.code()),
+            (Status::InternalServerError, ErrorCode::Internal)
+        );
     }
 }

@@ -114,3 +114,53 @@ async fn health_and_readiness_answer_while_the_database_does() {
         .await;
     assert_eq!(with_id.headers().get_one("X-Request-Id"), Some("r-1"));
 }
+
+/// Real MariaDB errors, mapped as the handlers map them: one worth a retry
+/// is a 503 (`Retry-After`), a bug is a 500 and never a "retry shortly".
+#[tokio::test(flavor = "multi_thread")]
+async fn database_errors_are_503_only_when_worth_a_retry() {
+    use user_api::error::ApiError;
+
+    let db = TestDb::create(shared_server()).await;
+    let mut waiter = db.connect().await;
+    let mut holder = db.connect().await;
+
+    // 1146, no such table: a bug.
+    let unknown = sqlx::query("SELECT * FROM no_such_table")
+        .execute(&mut waiter)
+        .await
+        .unwrap_err();
+    let error = ApiError::from(unknown);
+    assert_eq!(
+        (error.status().code, error.code().as_str()),
+        (500, "internal")
+    );
+
+    // 1205, lock wait timeout: another transaction holds the row.
+    for statement in [
+        "CREATE TABLE locked (id INT PRIMARY KEY) ENGINE=InnoDB",
+        "INSERT INTO locked VALUES (1)",
+        "BEGIN",
+        "SELECT id FROM locked WHERE id = 1 FOR UPDATE",
+    ] {
+        sqlx::query(statement).execute(&mut holder).await.unwrap();
+    }
+    sqlx::query("SET SESSION innodb_lock_wait_timeout = 1")
+        .execute(&mut waiter)
+        .await
+        .unwrap();
+    let waited = sqlx::query("UPDATE locked SET id = 2 WHERE id = 1")
+        .execute(&mut waiter)
+        .await
+        .unwrap_err();
+    let number = waited
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    let error = ApiError::from(waited);
+    assert_eq!(
+        (error.status().code, error.code().as_str()),
+        (503, "database_unavailable"),
+        "{number:?}"
+    );
+}

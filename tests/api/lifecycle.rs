@@ -401,3 +401,75 @@ async fn under_load_every_request_gets_its_access_log_line_also_at_exit() {
         logged.len()
     );
 }
+
+/// The access log's latency covers the whole request, from when it arrived:
+/// a rename that waits 300 ms for a row lock, released only once the
+/// server is seen waiting, is logged as taking at least that.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_times_the_request_from_its_arrival() {
+    let db = TestDb::create(shared_server()).await;
+    let mut api = ApiProcess::spawn(&[("DATABASE_URL", &db.url()), ("ROCKET_LOG_FORMAT", "json")]);
+    api.wait_healthy(Duration::from_secs(30)).await;
+    let created = post_json(
+        api.addr(),
+        "/users",
+        &json!({"userid": 12, "username": "a"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status, 201);
+
+    let mut holder = db.connect().await;
+    for statement in [
+        "BEGIN",
+        "SELECT userid FROM users WHERE userid = 12 FOR UPDATE",
+    ] {
+        sqlx::query(statement).execute(&mut holder).await.unwrap();
+    }
+    let addr = api.addr();
+    let rename = tokio::spawn(async move {
+        request(
+            addr,
+            "PUT",
+            "/users/12",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Request-Id", "slow-1"),
+            ],
+            Some(br#"{"username": "b"}"#),
+        )
+        .await
+        .unwrap()
+    });
+    let mut watcher = db.connect().await;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'UPDATE users%'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !rename.is_finished(),
+            "the rename did not wait for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    assert_eq!(rename.await.unwrap().status, 200);
+
+    api.signal("TERM");
+    assert_eq!(api.wait_exit(Duration::from_secs(15)).await, Some(0));
+    let logs = api.logs();
+    let access: serde_json::Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["request_id"] == "slow-1")
+        .unwrap_or_else(|| panic!("no access line in {logs}"));
+    let latency = access["latency_ms"].as_f64().unwrap();
+    assert!(latency >= 300.0, "logged {latency} ms: {access}");
+}

@@ -510,6 +510,27 @@ async fn responses_carry_security_headers_and_no_server_version() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_body_of_exactly_16_kib_passes_the_proxy_and_the_api() {
+    let stack = Stack::start().await;
+    // Valid JSON padded with white space: nginx's client_max_body_size and
+    // the API's own limit must agree, or the largest documented body fails.
+    let json = json!({"userid": 7, "username": "edge"}).to_string();
+    let body = format!("{json:16384}");
+    assert_eq!(body.len(), 16 * 1024);
+    let response = request(
+        stack.proxy.public,
+        "POST",
+        "/users",
+        &[("Content-Type", "application/json")],
+        Some(body.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 201, "{response:?}");
+    assert_eq!(stack.db.stored_name(7).await.as_deref(), Some("edge"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn oversized_requests_get_json_errors_from_the_proxy() {
     let stack = Stack::start().await;
     let proxy = stack.proxy.public;

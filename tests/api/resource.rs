@@ -148,6 +148,11 @@ async fn the_list_is_keyset_paginated() {
     let all = body(client.get("/users").dispatch().await).await;
     assert_eq!(all["users"].as_array().unwrap().len(), 5);
     assert_eq!(all["next_after"], Value::Null);
+    let zero_padded = body(client.get("/users?limit=0002").dispatch().await).await;
+    assert_eq!(
+        zero_padded, first,
+        "limit=0002 is limit=2, as userid=007 is 7"
+    );
     let exact = body(client.get("/users?limit=5").dispatch().await).await;
     assert_eq!(
         exact["next_after"],
@@ -175,6 +180,9 @@ async fn bad_list_parameters_are_400() {
         ("/users?limit=101", "invalid_limit"),
         ("/users?limit=-5", "invalid_limit"),
         ("/users?limit=ten", "invalid_limit"),
+        ("/users?limit=%2B5", "invalid_limit"),
+        ("/users?limit=+5", "invalid_limit"),
+        ("/users?limit=0101", "invalid_limit"),
         ("/users?after=x", "invalid_userid"),
         ("/users?after=-1", "invalid_userid"),
     ] {
@@ -231,7 +239,7 @@ async fn a_well_formed_body_that_breaks_a_rule_is_422() {
 
 #[rocket::async_test]
 async fn bodies_are_checked_for_type_syntax_and_size() {
-    let (_db, client) = setup().await;
+    let (db, client) = setup().await;
     let plain = client
         .post("/users")
         .header(ContentType::Plain)
@@ -274,6 +282,24 @@ async fn bodies_are_checked_for_type_syntax_and_size() {
         (413, "payload_too_large".into())
     );
 
+    for (top, sub) in [
+        ("text", "json"),
+        ("text", "vnd.api+json"),
+        ("application", "xml"),
+    ] {
+        let response = client
+            .post("/users")
+            .header(ContentType::new(top, sub))
+            .body(r#"{"userid": 2, "username": "x"}"#)
+            .dispatch()
+            .await;
+        assert_eq!(
+            error_of(response).await,
+            (415, "unsupported_media_type".into()),
+            "{top}/{sub}"
+        );
+    }
+
     let vendor = client
         .post("/users")
         .header(ContentType::new("application", "vnd.api+json"))
@@ -281,6 +307,40 @@ async fn bodies_are_checked_for_type_syntax_and_size() {
         .dispatch()
         .await;
     assert_eq!(vendor.status(), Status::Created);
+    assert_eq!(db.stored_name(2).await, None, "no refused body was stored");
+}
+
+/// `{"userid": <userid>, "username": "x"}` padded with JSON white space to
+/// exactly `len` bytes.
+fn padded_body(userid: u32, len: usize) -> String {
+    let body = json!({"userid": userid, "username": "x"}).to_string();
+    assert!(body.len() <= len);
+    format!("{body:len$}")
+}
+
+#[rocket::async_test]
+async fn a_body_of_up_to_16_kib_is_read_whole() {
+    let (db, client) = setup().await;
+    // The limit README, nginx's client_max_body_size and the 413 message state.
+    const LIMIT: usize = 16 * 1024;
+    let send = |body: String| {
+        client
+            .post("/users")
+            .header(ContentType::JSON)
+            .body(body)
+            .dispatch()
+    };
+
+    let mid = send(padded_body(1, 4 * 1024)).await;
+    assert_eq!(mid.status(), Status::Created, "a 4 KiB body");
+    let full = send(padded_body(2, LIMIT)).await;
+    assert_eq!(full.status(), Status::Created, "a body of exactly 16 KiB");
+    let over = send(padded_body(3, LIMIT + 1)).await;
+    assert_eq!(error_of(over).await, (413, "payload_too_large".into()));
+
+    assert_eq!(db.stored_name(1).await.as_deref(), Some("x"));
+    assert_eq!(db.stored_name(2).await.as_deref(), Some("x"));
+    assert_eq!(db.stored_name(3).await, None);
 }
 
 #[rocket::async_test]
