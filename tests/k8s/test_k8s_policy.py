@@ -50,9 +50,35 @@ def port_number(container, port):
 
 # ---- hardening ---------------------------------------------------------------------------------
 
-def test_there_are_the_three_workloads(docs):
+# What each workload runs: the CronJob runs the db image's backup tool (db/BACKUP.md).
+IMAGE_OF = {"api": "api", "proxy": "proxy", "db": "db", "db-backup": "db"}
+
+
+def is_job(d):
+    return d["kind"] in ("CronJob", "Job")
+
+
+def test_there_are_the_four_workloads(docs):
     assert sorted((d["kind"], d["metadata"]["name"]) for d, _ in pods(docs)) == [
-        ("Deployment", "api"), ("Deployment", "proxy"), ("StatefulSet", "db")]
+        ("CronJob", "db-backup"), ("Deployment", "api"), ("Deployment", "proxy"),
+        ("StatefulSet", "db")]
+
+
+def test_the_backup_job_runs_alone_and_bounded(docs):
+    job = one(docs, "CronJob", "db-backup")
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    assert job["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] > 0
+    spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert spec["restartPolicy"] == "Never"
+    c = spec["containers"][0]
+    assert mounts(c).get(CONTRACT["db"]["backupDir"]), "backups land in their own volume"
+    claim = volume(spec, mounts(c)[CONTRACT["db"]["backupDir"]])["persistentVolumeClaim"]["claimName"]
+    one(docs, "PersistentVolumeClaim", claim)
+    env = env_of(c)
+    assert env["DB_HOST"] == "db" and env["BACKUP_USER"] == "backup", env
+    db_env = env_of(one(docs, "StatefulSet", "db")["spec"]["template"]["spec"]["containers"][0])
+    assert db_env["BACKUP_USER"] == env["BACKUP_USER"], "the db creates the account the job uses"
+    assert db_env["MYSQL_DATABASE"] == env["DB_NAME"]
 
 
 def test_every_pod_is_hardened(docs):
@@ -96,7 +122,7 @@ def test_every_container_has_a_memory_emptydir_tmp(docs):
 def test_users_are_the_images_users(docs):
     for d, spec in pods(docs):
         component = d["metadata"]["name"]
-        uid, gid = (int(x) for x in CONTRACT[component]["user"].split(":"))
+        uid, gid = (int(x) for x in CONTRACT[IMAGE_OF[component]]["user"].split(":"))
         psc = spec["securityContext"]
         assert (psc["runAsUser"], psc["runAsGroup"]) == (uid, gid), component
         # Secret files and volumes are group-readable through fsGroup.
@@ -107,7 +133,8 @@ def test_every_container_has_probes_and_resources(docs):
     for d, spec in pods(docs):
         for c in spec["containers"]:
             where = f"{d['metadata']['name']}/{c['name']}"
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            # A job serves nothing: it is bounded by activeDeadlineSeconds instead.
+            for probe in () if is_job(d) else ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert probe in c, f"{where} has no {probe}"
             res = c.get("resources", {})
             for kind in ("cpu", "memory"):
@@ -138,10 +165,14 @@ def test_local_overlay_never_pulls():
 
 
 def test_entrypoints_are_the_images(docs):
-    """No command override: the images' entrypoints (contract.json) run as built."""
+    """No command override: the images' entrypoints (contract.json) run as built; the backup
+    job runs the db image's backup tool, which the contract names too."""
     for d, spec in pods(docs):
         for c in spec["containers"]:
-            assert "command" not in c, d["metadata"]["name"]
+            if d["metadata"]["name"] == "db-backup":
+                assert c["command"] == [CONTRACT["db"]["backupCommand"]], c["command"]
+            else:
+                assert "command" not in c, d["metadata"]["name"]
 
 
 # ---- secrets -----------------------------------------------------------------------------------
@@ -173,7 +204,7 @@ def test_secret_files_come_from_db_credentials(docs):
     every *_FILE variable names a file that the mount really provides."""
     readme = (K8S / "README.md").read_text()
     assert re.search(r"kubectl[^\n]*create secret generic db-credentials", readme)
-    for key in ("db_password", "db_root_password"):
+    for key in ("db_password", "db_root_password", "db_backup_password"):
         assert f"--from-file={key}=" in readme, key
     for d, spec in pods(docs):
         if d["metadata"]["name"] == "proxy":
@@ -459,7 +490,8 @@ def test_no_service_links(docs):
 
 
 def test_every_service_selects_pods_and_named_ports(docs):
-    templates = [(d["spec"]["template"]["metadata"]["labels"], spec) for d, spec in pods(docs)]
+    templates = [(d["spec"]["template"]["metadata"]["labels"], spec)
+                 for d, spec in pods(docs) if not is_job(d)]
     for svc in objects(docs, "Service"):
         matched = [spec for labels, spec in templates if labels_match({"matchLabels": svc["spec"]["selector"]}, labels)]
         assert len(matched) == 1, svc["metadata"]["name"]
@@ -514,13 +546,16 @@ def test_network_policies(target, docs):
                and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in policies), "default deny"
     pod = {name: {"namespace": NAMESPACE, "labels": one(docs, kind, name)["spec"]["template"]["metadata"]["labels"]}
            for kind, name in (("Deployment", "proxy"), ("Deployment", "api"), ("StatefulSet", "db"))}
+    job = one(docs, "CronJob", "db-backup")["spec"]["jobTemplate"]["spec"]["template"]
+    pod["backup"] = {"namespace": NAMESPACE, "labels": job["metadata"]["labels"]}
     dns = {"namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}}
     ingress_controller = {"namespace": "ingress-nginx", "labels": {"app.kubernetes.io/name": "ingress-nginx"}}
     tcp = lambda n: (n, "TCP")  # noqa: E731
 
     assert flow(policies, pod["proxy"], pod["api"], tcp(8000))
     assert flow(policies, pod["api"], pod["db"], tcp(3306))
-    for name in ("proxy", "api"):
+    assert flow(policies, pod["backup"], pod["db"], tcp(3306))
+    for name in ("proxy", "api", "backup"):
         assert flow(policies, pod[name], dns, (53, "UDP")) and flow(policies, pod[name], dns, tcp(53)), name
     assert flow(policies, ingress_controller, pod["proxy"], tcp(8080))
     if target == "overlays/production":
@@ -540,6 +575,10 @@ def test_network_policies(target, docs):
         (pod["api"], OUTSIDE, tcp(443)),
         (pod["proxy"], OUTSIDE, tcp(80)),
         (pod["db"], OUTSIDE, tcp(443)),
+        (pod["backup"], pod["api"], tcp(8000)),
+        (pod["proxy"], pod["backup"], tcp(3306)),
+        (OUTSIDE, pod["backup"], tcp(3306)),
+        (pod["backup"], OUTSIDE, tcp(443)),
     ]
     for src, dst, port in denied:
         assert not flow(policies, src, dst, port), (src, dst, port)
