@@ -12,21 +12,27 @@
 #      the application database and its user ('<user>'@'%', ALL on that database only) are created;
 #      a 'healthcheck' login with a random password (USAGE only, local hosts only) is written to
 #      /var/lib/mysql/.my-healthcheck.cnf (0600) for healthcheck.sh, as the official image does;
-#   4. the backup account (below) is created;
+#   4. the managed accounts (below) are created;
 #   5. the temporary server is stopped and the real server is exec'ed with networking.
 # Later starts: exec the real server directly. Passwords are read only on the first start, with
-# one exception: the backup account.
+# one exception: the managed accounts.
 #
-# Backup account (db/backup.sh, db/BACKUP.md): with BACKUP_PASSWORD_FILE set, '<BACKUP_USER>'@'%'
-# (default 'backup') gets SELECT, SHOW VIEW, TRIGGER and EVENT on MYSQL_DATABASE only: what
-# `mariadb-dump --single-transaction --no-tablespaces` needs, nothing that writes. A fingerprint of
-# (user, password, database, grant version) is kept in /var/lib/mysql/.db-backup-account (0600;
-# a sha256, not the password). At every start, when that file is missing or differs (a data volume
-# initialised before backups existed, a new password, a new grant), a temporary socket-only server
-# is started, the account is created or updated as root (MYSQL_ROOT_PASSWORD_FILE), and the file
-# written; this costs a few seconds once, and every other start execs the server directly. A
-# failure there (e.g. a root password file that no longer matches) is logged and the server
-# starts anyway: backups then fail with "Access denied", the API is not held hostage.
+# Managed accounts, each only when its password file is set:
+#   backup    BACKUP_USER (default backup), BACKUP_PASSWORD_FILE: SELECT, SHOW VIEW, TRIGGER and
+#             EVENT on MYSQL_DATABASE only: what `mariadb-dump --single-transaction
+#             --no-tablespaces` needs, nothing that writes (db/backup.sh, db/BACKUP.md).
+#   exporter  EXPORTER_USER (default exporter), EXPORTER_PASSWORD_FILE: PROCESS, REPLICATION
+#             CLIENT and SLAVE MONITOR on *.*, at most 3 connections: what mysqld_exporter's
+#             default collectors read (status, variables, InnoDB, replica state), no table data
+#             (the compose profile `monitoring`, monitoring/README.md).
+# For each, '<user>'@'%' and a fingerprint of (user, password, database, grant version) in
+# /var/lib/mysql/.db-<kind>-account (0600; a sha256, not the password). At every start, when a
+# fingerprint file is missing or differs (a data volume initialised before the account existed,
+# a new password, a new grant), a temporary socket-only server is started once, the accounts
+# are created or updated as root (MYSQL_ROOT_PASSWORD_FILE), and the files written; this costs a
+# few seconds once, and every other start execs the server directly. A failure there (e.g. a
+# root password file that no longer matches) is logged and the server starts anyway: backups or
+# scrapes then fail with "Access denied", the API is not held hostage.
 #
 # Crash safety: a marker file (.db-entrypoint-init-in-progress) is written before anything else
 # and removed as the very last step of the first start. If the container dies half-way, the next
@@ -42,6 +48,8 @@
 #   MARIADB_ROOT_HOST         extra host for a root account; default: none (root@localhost only)
 #   BACKUP_PASSWORD_FILE      file holding the backup account's password (optional; no account without)
 #   BACKUP_USER               the backup account's name                  (default backup)
+#   EXPORTER_PASSWORD_FILE    file holding the metrics exporter's password (optional; no account without)
+#   EXPORTER_USER             the exporter account's name                (default exporter)
 # Plain MYSQL_ROOT_PASSWORD / MYSQL_PASSWORD values are refused: they would show in
 # `docker inspect` and in /proc/*/environ. Use the *_FILE variables with compose/docker secrets.
 #
@@ -58,9 +66,10 @@ DATADIR=/var/lib/mysql
 RUNDIR=/run/mysqld
 IN_PROGRESS=$DATADIR/.db-entrypoint-init-in-progress
 HEALTH_CNF=$DATADIR/.my-healthcheck.cnf
-BACKUP_MARK=$DATADIR/.db-backup-account
-# Bump when the backup account's grants change: every data volume gets them at its next start.
-BACKUP_GRANTS_VERSION=1
+# The managed accounts; bump a version when that account's grants change: every data volume
+# gets them at its next start.
+ACCOUNT_KINDS=(backup exporter)
+declare -A ACCOUNT_GRANTS_VERSION=([backup]=1 [exporter]=1)
 
 log() { printf '%s [db-entrypoint] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -151,43 +160,81 @@ read_secret() {
 sql_str() { local s="${1//\\/\\\\}"; s="${s//\'/\\\'}"; printf "'%s'" "$s"; }
 sql_ident() { printf '`%s`' "${1//\`/\`\`}"; }
 
-# ---- backup account ---------------------------------------------------------------------------------
-# backup_settings: sets BK_USER, BK_PW, BK_DB, BK_FP (empty BK_USER: no account to manage).
-backup_settings() {
-  local file="${BACKUP_PASSWORD_FILE:-}"
-  BK_USER="" BK_PW="" BK_DB="" BK_FP=""
+# ---- managed accounts -------------------------------------------------------------------------------
+# account_settings KIND: sets ACC_USER, ACC_PW, ACC_DB, ACC_FP (empty ACC_USER: no account).
+account_settings() {
+  local kind="$1" prefix file_var user_var file
+  prefix="${kind^^}"
+  file_var="${prefix}_PASSWORD_FILE" user_var="${prefix}_USER"
+  file="${!file_var:-}"
+  ACC_USER="" ACC_PW="" ACC_DB="" ACC_FP=""
   [[ -n "$file" ]] || return 0
-  BK_DB="$(env_pick DATABASE)"
-  if [[ -z "$BK_DB" ]]; then
-    log "WARNING: BACKUP_PASSWORD_FILE is set but MYSQL_DATABASE is not: no backup account"
-    return 0
+  if [[ "$kind" == backup ]]; then
+    ACC_DB="$(env_pick DATABASE)"
+    if [[ -z "$ACC_DB" ]]; then
+      log "WARNING: $file_var is set but MYSQL_DATABASE is not: no $kind account"
+      return 0
+    fi
   fi
   if [[ ! -r "$file" ]]; then
-    log "WARNING: BACKUP_PASSWORD_FILE=$file is missing or not readable by uid $(id -u): no backup account (backups will fail)"
+    log "WARNING: $file_var=$file is missing or not readable by uid $(id -u): no $kind account"
     return 0
   fi
-  BK_PW="$(<"$file")"
-  if [[ -z "$BK_PW" ]]; then
-    log "WARNING: BACKUP_PASSWORD_FILE=$file is empty: no backup account"
+  ACC_PW="$(<"$file")"
+  if [[ -z "$ACC_PW" ]]; then
+    log "WARNING: $file_var=$file is empty: no $kind account"
     return 0
   fi
-  BK_USER="${BACKUP_USER:-backup}"
-  [[ "$BK_USER" != root && "$BK_USER" != "$(env_pick USER)" ]] || die "BACKUP_USER=$BK_USER: the backup account must be an account of its own"
-  BK_FP="$(printf 'v%s\n%s\n%s\n%s\n' "$BACKUP_GRANTS_VERSION" "$BK_USER" "$BK_DB" "$BK_PW" | sha256sum)"
-  BK_FP="${BK_FP%% *}"
+  ACC_USER="${!user_var:-$kind}"
+  local other_kind other_user_var taken=(root "$(env_pick USER)")
+  for other_kind in "${ACCOUNT_KINDS[@]}"; do
+    other_user_var="${other_kind^^}_USER"
+    [[ "$other_kind" == "$kind" ]] || taken+=("${!other_user_var:-$other_kind}")
+  done
+  for other_user_var in "${taken[@]}"; do
+    [[ "$ACC_USER" != "$other_user_var" ]] || die "$user_var=$ACC_USER: the $kind account must be an account of its own (not root, the application's or another managed account)"
+  done
+  # (The backup fingerprint keeps the format it had before the exporter existed: volumes
+  # initialised then are not touched again.)
+  ACC_FP="$(printf 'v%s\n%s\n%s\n%s\n' "${ACCOUNT_GRANTS_VERSION[$kind]}" "$ACC_USER" "$ACC_DB" "$ACC_PW" | sha256sum)"
+  ACC_FP="${ACC_FP%% *}"
 }
 
-# backup_account_sql: the idempotent statements that create/update the account.
-backup_account_sql() {
-  local grant_db="${BK_DB//_/\\_}"; grant_db="${grant_db//%/\\%}"
-  printf '%s\n' \
-    "CREATE USER IF NOT EXISTS $(sql_str "$BK_USER")@'%' IDENTIFIED BY $(sql_str "$BK_PW");" \
-    "ALTER USER $(sql_str "$BK_USER")@'%' IDENTIFIED BY $(sql_str "$BK_PW");" \
-    "GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON $(sql_ident "$grant_db").* TO $(sql_str "$BK_USER")@'%';"
+# account_sql KIND: the idempotent statements that create or update the account of the last
+# account_settings call.
+account_sql() {
+  local user pw
+  user="$(sql_str "$ACC_USER")@'%'" pw="$(sql_str "$ACC_PW")"
+  case "$1" in
+    backup)
+      local grant_db="${ACC_DB//_/\\_}"; grant_db="${grant_db//%/\\%}"
+      printf '%s\n' \
+        "CREATE USER IF NOT EXISTS $user IDENTIFIED BY $pw;" \
+        "ALTER USER $user IDENTIFIED BY $pw;" \
+        "GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON $(sql_ident "$grant_db").* TO $user;"
+      ;;
+    exporter)
+      printf '%s\n' \
+        "CREATE USER IF NOT EXISTS $user IDENTIFIED BY $pw WITH MAX_USER_CONNECTIONS 3;" \
+        "ALTER USER $user IDENTIFIED BY $pw WITH MAX_USER_CONNECTIONS 3;" \
+        "GRANT PROCESS, REPLICATION CLIENT, SLAVE MONITOR ON *.* TO $user;"
+      ;;
+  esac
 }
 
-write_backup_mark() {
-  (umask 077; printf '%s\n' "$BK_FP" >"$BACKUP_MARK.tmp" && mv -f "$BACKUP_MARK.tmp" "$BACKUP_MARK")
+account_mark() { printf '%s/.db-%s-account' "$DATADIR" "$1"; }
+
+write_account_mark() { # KIND FINGERPRINT
+  local mark
+  mark="$(account_mark "$1")"
+  (umask 077; printf '%s\n' "$2" >"$mark.tmp" && mv -f "$mark.tmp" "$mark")
+}
+
+account_summary() { # KIND
+  case "$1" in
+    backup) printf "SELECT, SHOW VIEW, TRIGGER, EVENT on '%s'" "$ACC_DB" ;;
+    exporter) printf 'PROCESS, REPLICATION CLIENT, SLAVE MONITOR, 3 connections' ;;
+  esac
 }
 
 # start_temp_server WHAT: a server on the unix socket only (TMP_PID); waits until it answers.
@@ -213,35 +260,45 @@ stop_temp_server() {
   trap - TERM INT
 }
 
-# Later starts: create or update the backup account if its fingerprint file says so.
-ensure_backup_account() {
-  local root_pw root_file cnf
-  backup_settings
-  [[ -n "$BK_USER" ]] || return 0
-  if [[ -r "$BACKUP_MARK" && "$(<"$BACKUP_MARK")" == "$BK_FP" ]]; then
-    return 0
-  fi
+# Later starts: create or update each managed account whose fingerprint file says so.
+ensure_accounts() {
+  local kind root_pw root_file cnf
+  local -a pending=()
+  local -A sql=() fingerprint=() account_user=() summary=()
+  for kind in "${ACCOUNT_KINDS[@]}"; do
+    account_settings "$kind"
+    [[ -n "$ACC_USER" ]] || continue
+    if [[ -r "$(account_mark "$kind")" && "$(<"$(account_mark "$kind")")" == "$ACC_FP" ]]; then
+      continue
+    fi
+    pending+=("$kind")
+    sql[$kind]="$(account_sql "$kind")"
+    fingerprint[$kind]="$ACC_FP" account_user[$kind]="$ACC_USER" summary[$kind]="$(account_summary "$kind")"
+  done
+  ACC_PW=""
+  ((${#pending[@]})) || return 0
   root_file="${MARIADB_ROOT_PASSWORD_FILE:-${MYSQL_ROOT_PASSWORD_FILE:-}}"
   if [[ -z "$root_file" || ! -r "$root_file" ]]; then
-    log "WARNING: the backup account '$BK_USER' needs creating or updating, but MYSQL_ROOT_PASSWORD_FILE is not set or not readable: skipped (backups will fail)"
+    log "WARNING: the ${pending[*]} account(s) need creating or updating, but MYSQL_ROOT_PASSWORD_FILE is not set or not readable: skipped (backups or scrapes will fail)"
     return 0
   fi
   root_pw="$(<"$root_file")"
-  log "creating or updating the backup account '$BK_USER' (a temporary socket-only server, once)"
-  start_temp_server "the backup account setup"
+  log "creating or updating the ${pending[*]} account(s) (a temporary socket-only server, once)"
+  start_temp_server "the account setup"
   cnf="$RUNDIR/.root.cnf"
   (umask 077; printf '[client]\nuser=root\npassword="%s"\n' "$(printf '%s' "$root_pw" | sed 's/[\\"]/\\&/g')" >"$cnf")
   unset root_pw
-  if { printf 'SET SESSION sql_log_bin=0;\n'; backup_account_sql; } \
-      | mariadb --defaults-extra-file="$cnf" --protocol=socket --socket="$SOCKET" --batch >/dev/null; then
-    write_backup_mark
-    log "backup account '$BK_USER' ready (SELECT, SHOW VIEW, TRIGGER, EVENT on '$BK_DB')"
-  else
-    log "WARNING: creating the backup account failed (the error is above; does secrets/db_root_password.txt still hold root's password?): starting without it"
-  fi
+  for kind in "${pending[@]}"; do
+    if printf 'SET SESSION sql_log_bin=0;\n%s\n' "${sql[$kind]}" \
+        | mariadb --defaults-extra-file="$cnf" --protocol=socket --socket="$SOCKET" --batch >/dev/null; then
+      write_account_mark "$kind" "${fingerprint[$kind]}"
+      log "$kind account '${account_user[$kind]}' ready (${summary[$kind]})"
+    else
+      log "WARNING: creating the $kind account failed (the error is above; does secrets/db_root_password.txt still hold root's password?): starting without it"
+    fi
+  done
   rm -f "$cnf"
   stop_temp_server
-  unset BK_PW
 }
 
 # ---- data directory state -------------------------------------------------------------------------
@@ -270,7 +327,7 @@ fi
 
 # ---- first start ------------------------------------------------------------------------------------
 init_database() {
-  local root_pw db user="" user_pw="" hc_pw root_host sql basedir mariadbd_path
+  local root_pw db user="" user_pw="" hc_pw root_host sql basedir mariadbd_path accounts=""
 
   root_pw="$(read_secret ROOT_PASSWORD)"
   db="$(env_pick DATABASE)"
@@ -337,12 +394,18 @@ CREATE USER $(sql_str "$user")@'%' IDENTIFIED BY $(sql_str "$user_pw");"
 GRANT ALL ON $(sql_ident "$grant_db").* TO $(sql_str "$user")@'%';"
     fi
   fi
-  backup_settings
-  if [[ -n "$BK_USER" ]]; then
+  local kind
+  local -A fingerprint=()
+  for kind in "${ACCOUNT_KINDS[@]}"; do
+    account_settings "$kind"
+    [[ -n "$ACC_USER" ]] || continue
     sql+="
--- the backup account: read-only, on the application database only (db/backup.sh)
-$(backup_account_sql)"
-  fi
+-- the $kind account ($(account_summary "$kind"))
+$(account_sql "$kind")"
+    fingerprint[$kind]="$ACC_FP"
+    accounts+="${accounts:+, }$kind account '$ACC_USER'"
+  done
+  ACC_PW=""
   sql+="
 FLUSH PRIVILEGES;"
 
@@ -350,8 +413,10 @@ FLUSH PRIVILEGES;"
         --batch --skip-column-names >/dev/null; then
     die "setting up users and the database failed (the SQL error is above)"
   fi
-  unset root_pw user_pw sql BK_PW
-  [[ -z "$BK_USER" ]] || write_backup_mark
+  unset root_pw user_pw sql
+  for kind in "${!fingerprint[@]}"; do
+    write_account_mark "$kind" "${fingerprint[$kind]}"
+  done
 
   (
     umask 077
@@ -365,14 +430,14 @@ FLUSH PRIVILEGES;"
   sync
   rm -f "$IN_PROGRESS"
   sync
-  log "initialisation complete${db:+: database '$db'}${user:+, user '$user'}${BK_USER:+, backup account '$BK_USER'}"
+  log "initialisation complete${db:+: database '$db'}${user:+, user '$user'}${accounts:+, $accounts}"
 }
 
 if ((needs_init)); then
   init_database
 else
   log "data directory already initialised: starting the server"
-  ensure_backup_account
+  ensure_accounts
 fi
 
 exec "${MARIADBD[@]}" "$@"
