@@ -558,6 +558,9 @@ def test_network_policies(target, docs):
     for name in ("proxy", "api", "backup"):
         assert flow(policies, pod[name], dns, (53, "UDP")) and flow(policies, pod[name], dns, tcp(53)), name
     assert flow(policies, ingress_controller, pod["proxy"], tcp(8080))
+    # Prometheus in the namespace `monitoring` scrapes the api's /metrics (k8s/README.md).
+    prometheus = {"namespace": "monitoring", "labels": {"app.kubernetes.io/name": "prometheus"}}
+    assert flow(policies, prometheus, pod["api"], tcp(8000))
     if target == "overlays/production":
         assert not flow(policies, OUTSIDE, pod["proxy"], tcp(8080)), "only the trusted hop reaches the proxy"
     else:
@@ -579,9 +582,26 @@ def test_network_policies(target, docs):
         (pod["proxy"], pod["backup"], tcp(3306)),
         (OUTSIDE, pod["backup"], tcp(3306)),
         (pod["backup"], OUTSIDE, tcp(443)),
+        # only that namespace AND that label, only the api's port
+        ({"namespace": "monitoring", "labels": {"app.kubernetes.io/name": "grafana"}}, pod["api"], tcp(8000)),
+        ({"namespace": "default", "labels": {"app.kubernetes.io/name": "prometheus"}}, pod["api"], tcp(8000)),
+        (prometheus, pod["db"], tcp(3306)),
+        (prometheus, pod["proxy"], tcp(8081)),
     ]
     for src, dst, port in denied:
         assert not flow(policies, src, dst, port), (src, dst, port)
+
+
+def test_the_api_pods_announce_their_metrics_port(docs):
+    """The prometheus.io/* annotations name the api container's own port and /metrics, the
+    path the proxy hides (nginx.conf answers 404 there)."""
+    template = one(docs, "Deployment", "api")["spec"]["template"]
+    notes = template["metadata"]["annotations"]
+    (container,) = [c for c in template["spec"]["containers"] if c["name"] == "api"]
+    ports = {p["containerPort"] for p in container["ports"]}
+    assert notes["prometheus.io/scrape"] == "true"
+    assert int(notes["prometheus.io/port"]) in ports
+    assert notes["prometheus.io/path"] == "/metrics"
 
 
 def test_overlay_list():
