@@ -1,5 +1,7 @@
 # `nix run .#load` and `nix run .#up`. Both use the container engine already on the machine
 # (docker, or podman where that is what exists; CONTAINER_ENGINE=... picks one explicitly).
+# Both take `--monitoring`: also the four images of the compose profile `monitoring`
+# (Prometheus, Grafana, the nginx and mysqld exporters), and for `up` the profile itself.
 {
   lib,
   writeShellApplication,
@@ -27,14 +29,43 @@ let
     images.proxy-image
     images.db-image
   ];
+  monitoringStreams = map toString [
+    images.prometheus-image
+    images.grafana-image
+    images.nginx-exporter-image
+    images.mysqld-exporter-image
+  ];
+
+  # Sourced by both scripts: sets $monitoring (0/1) from the arguments; refuses others.
+  parseArgs = ''
+    monitoring=0
+    for arg in "$@"; do
+      case "$arg" in
+        --monitoring) monitoring=1 ;;
+        -h | --help)
+          echo "usage: $(basename "$0") [--monitoring]   (--monitoring: also Prometheus, Grafana and the exporters)"
+          exit 0
+          ;;
+        *)
+          echo "$(basename "$0"): unknown argument '$arg' (only --monitoring)" >&2
+          exit 2
+          ;;
+      esac
+    done
+  '';
 
   load = writeShellApplication {
     name = "user-api-load";
     runtimeInputs = [ coreutils ];
     text = ''
+      ${parseArgs}
       ${pickEngine}
+      streams=(${lib.escapeShellArgs streams})
+      if [ "$monitoring" = 1 ]; then
+        streams+=(${lib.escapeShellArgs monitoringStreams})
+      fi
       # Each stream script writes an uncompressed image tarball to stdout: nothing is stored.
-      for stream in ${lib.escapeShellArgs streams}; do
+      for stream in "''${streams[@]}"; do
         echo "loading $(basename "$stream") into $engine" >&2
         "$stream" | "$engine" load
       done
@@ -45,16 +76,18 @@ let
     name = "user-api-up";
     runtimeInputs = [ coreutils ];
     text = ''
-      ${lib.getExe load}
+      ${parseArgs}
+      ${lib.getExe load} "$@"
       ${pickEngine}
 
       # Secrets, created once with random values (never overwritten). The containers' non-root
       # users (65534 for the API, 999 for MariaDB) read them through compose's bind mounts,
       # which keep the host's owner and mode: so the files are 0644, and the directory that
-      # protects them on the host is 0700 (the runtime contract's rule).
+      # protects them on the host is 0700 (the runtime contract's rule). All five, with or
+      # without --monitoring: the db creates the exporter's account either way.
       mkdir -p secrets
       chmod 0700 secrets
-      for name in db_password db_root_password db_backup_password; do
+      for name in db_password db_root_password db_backup_password db_exporter_password grafana_admin_password; do
         file="secrets/$name.txt"
         if [ ! -s "$file" ]; then
           secret="$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
@@ -90,6 +123,9 @@ let
           ;;
       esac
       args=(-f "$compose_file" --project-directory "$PWD")
+      if [ "$monitoring" = 1 ]; then
+        args+=(--profile monitoring)
+      fi
       "''${compose[@]}" "''${args[@]}" up -d "''${wait_flag[@]}"
 
       port="''${HTTP_PORT:-80}"
@@ -102,6 +138,13 @@ let
 
       Stop it with: ''${compose[*]} ''${args[*]} down
       EOF
+      if [ "$monitoring" = 1 ]; then
+        cat <<EOF
+
+      Grafana: http://''${GRAFANA_ADDR:-127.0.0.1}:''${GRAFANA_PORT:-3000}/ (user admin, password in
+      secrets/grafana_admin_password.txt), opening on the user-api dashboard.
+      EOF
+      fi
     '';
   };
 in
@@ -111,12 +154,12 @@ in
     load = {
       type = "app";
       program = lib.getExe load;
-      meta.description = "Stream the api, proxy and db images into docker load (or podman load)";
+      meta.description = "Stream the api, proxy and db images (--monitoring: and the monitoring ones) into docker load (or podman load)";
     };
     up = {
       type = "app";
       program = lib.getExe up;
-      meta.description = "Load the images, create ./secrets if missing, and docker compose up --wait";
+      meta.description = "Load the images, create ./secrets if missing, and docker compose up --wait (--monitoring: with the monitoring profile)";
     };
   };
 }

@@ -56,14 +56,24 @@ in
         touch "$out"
       '';
 
-  # The db image runs these scripts verbatim; info-level notes are not failures.
+  # The db and mysqld-exporter images run these scripts verbatim; info-level notes are not
+  # failures.
   db-scripts = runCommand "user-api-db-scripts-shellcheck" { nativeBuildInputs = [ shellcheck ]; } ''
-    shellcheck --severity=warning ${../db/entrypoint.sh} ${../db/healthcheck.sh} ${../db/backup.sh}
+    shellcheck --severity=warning ${../db/entrypoint.sh} ${../db/healthcheck.sh} ${../db/backup.sh} \
+      ${../monitoring/mysqld-exporter-entrypoint.sh}
     touch "$out"
   '';
 
   # Building the stream scripts builds each image's final layer (fakeroot, /tmp, ownership).
-  inherit (images) api-image proxy-image db-image;
+  inherit (images)
+    api-image
+    proxy-image
+    db-image
+    prometheus-image
+    grafana-image
+    nginx-exporter-image
+    mysqld-exporter-image
+    ;
 
   # writeShellApplication runs shellcheck on the app scripts when it builds them.
   load-app = apps.load;

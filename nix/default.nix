@@ -60,7 +60,15 @@ in
 {
   packages = {
     inherit (rust) user-api;
-    inherit (images) api-image proxy-image db-image;
+    inherit (images)
+      api-image
+      proxy-image
+      db-image
+      prometheus-image
+      grafana-image
+      nginx-exporter-image
+      mysqld-exporter-image
+      ;
     default = rust.user-api;
   };
 

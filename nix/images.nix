@@ -1,6 +1,8 @@
-# The three OCI images, as dockerTools.streamLayeredImage scripts: building one gives a small
-# script that writes an uncompressed image tarball to stdout (`nix build .#api-image &&
-# ./result | docker load`, or podman load). Nothing big lands in the Nix store.
+# The OCI images, as dockerTools.streamLayeredImage scripts: building one gives a small script
+# that writes an uncompressed image tarball to stdout (`nix build .#api-image && ./result |
+# docker load`, or podman load). Nothing big lands in the Nix store. api, proxy and db are the
+# stack; prometheus, grafana, nginx-exporter and mysqld-exporter the compose profile
+# `monitoring` (monitoring/README.md).
 {
   lib,
   dockerTools,
@@ -17,6 +19,10 @@
   busybox,
   nginx,
   mariadb,
+  prometheus,
+  grafana,
+  prometheus-nginx-exporter,
+  prometheus-mysqld-exporter,
   user-api,
   contract,
   version,
@@ -228,9 +234,160 @@ let
     Healthcheck = healthcheck contract.db.healthcheck;
     Labels = labels contract.db.image;
   };
+
+  # ---- monitoring (the compose profile `monitoring`) ---------------------------------------------
+  # Four images of one shape: a nixpkgs program in /bin, busybox's wget applet as /bin/wget for
+  # the healthcheck (as in the proxy image), fakeNss (the images run as nobody, 65534), /tmp
+  # 1777, the repository's configuration where the contract puts it, and the data directory (if
+  # the contract names one) owned by the image's user, so that a fresh named volume mounted there
+  # inherits the owner. Configuration is baked in, like nginx.conf in the proxy image: one source
+  # for compose, the tests and the images, and `nix run .#up` works from any directory.
+  ruleNames = builtins.filter (name: lib.hasSuffix ".rules.yml" name) (
+    builtins.attrNames (
+      lib.filterAttrs (_: type: type == "regular") (builtins.readDir ../monitoring/rules)
+    )
+  );
+  monitoringSource = lib.fileset.toSource {
+    root = ../monitoring;
+    fileset = lib.fileset.unions (
+      [
+        ../monitoring/prometheus.yml
+        ../monitoring/mysqld-exporter-entrypoint.sh
+        ../monitoring/grafana/provisioning
+        ../monitoring/grafana/dashboards
+      ]
+      ++ map (name: ../monitoring/rules + "/${name}") ruleNames
+    );
+  };
+
+  # The root of one monitoring image: `links` (name in /bin -> store path), then `extra` shell.
+  monitoringRoot =
+    service: links: extra:
+    runCommand "user-api-${service}-root" { } ''
+      mkdir -p "$out/bin"
+      ${lib.concatStringsSep "\n" (
+        lib.mapAttrsToList (name: target: ''ln -s ${target} "$out/bin/${name}"'') links
+      )}
+      ln -s ${busybox}/bin/busybox "$out/bin/wget"
+      ${extra}
+    '';
+
+  monitoringImage =
+    service: root: files:
+    let
+      c = contract.${service};
+      contents = [
+        root
+        dockerTools.fakeNss
+      ];
+      config = {
+        User = c.user;
+        Entrypoint = c.entrypoint;
+        ExposedPorts = exposed c.ports;
+        Healthcheck = healthcheck c.healthcheck;
+        Labels = labels c.image;
+      }
+      // lib.optionalAttrs (c ? cmd) { Cmd = c.cmd; }
+      // lib.optionalAttrs (c ? env) { Env = c.env; }
+      // lib.optionalAttrs (c ? dataDir) { Volumes = { ${c.dataDir} = { }; }; };
+    in
+    {
+      image = dockerTools.streamLayeredImage {
+        name = c.image;
+        tag = c.tag;
+        inherit created contents config;
+        fakeRootCommands = ''
+          mkdir -p tmp
+          chmod 1777 tmp
+        ''
+        + lib.optionalString (c ? dataDir) ''
+          mkdir -p .${c.dataDir}
+          chown ${c.user} .${c.dataDir}
+          chmod 0750 .${c.dataDir}
+        '';
+      };
+      manifest = {
+        ref = "${c.image}:${c.tag}";
+        inherit config contents;
+        files = files ++ [
+          "bin/wget"
+          "etc/passwd"
+          "etc/group"
+        ];
+      };
+    };
+
+  prometheusConfigDir = lib.removePrefix "/" contract.prometheus.configDir;
+  prometheusImage =
+    monitoringImage "prometheus"
+      (monitoringRoot "prometheus" { prometheus = "${prometheus}/bin/prometheus"; } ''
+        mkdir -p "$out/${prometheusConfigDir}/rules"
+        install -m 0444 ${monitoringSource}/prometheus.yml "$out/${prometheusConfigDir}/prometheus.yml"
+        install -m 0444 -t "$out/${prometheusConfigDir}/rules" ${
+          lib.concatMapStringsSep " " (name: "${monitoringSource}/rules/${name}") ruleNames
+        }
+      '')
+      (
+        [
+          "bin/prometheus"
+          "${prometheusConfigDir}/prometheus.yml"
+        ]
+        ++ map (name: "${prometheusConfigDir}/rules/${name}") ruleNames
+      );
+
+  # `grafana server --homepath=/share/grafana` (the contract's entrypoint): Grafana finds its
+  # conf/defaults.ini and public/ under the home path, which is the package's own share/grafana,
+  # read-only; everything it writes goes where the image's Env points (GF_PATHS_DATA, _LOGS,
+  # _PLUGINS: the data volume).
+  grafanaConfigDir = lib.removePrefix "/" contract.grafana.configDir;
+  grafanaImage =
+    monitoringImage "grafana"
+      (monitoringRoot "grafana" { grafana = "${grafana}/bin/grafana"; } ''
+        mkdir -p "$out/share" "$out/${grafanaConfigDir}"
+        ln -s ${grafana}/share/grafana "$out/share/grafana"
+        cp -r ${monitoringSource}/grafana/provisioning "$out/${grafanaConfigDir}/provisioning"
+        cp -r ${monitoringSource}/grafana/dashboards "$out/${lib.removePrefix "/" contract.grafana.dashboardsDir}"
+      '')
+      [
+        "bin/grafana"
+        "share/grafana"
+        "${grafanaConfigDir}/provisioning/datasources/prometheus.yml"
+        "${grafanaConfigDir}/provisioning/dashboards/user-api.yml"
+        "${lib.removePrefix "/" contract.grafana.dashboardsDir}/user-api.json"
+      ];
+
+  nginxExporterImage =
+    monitoringImage "nginx-exporter"
+      (monitoringRoot "nginx-exporter" {
+        nginx-prometheus-exporter = lib.getExe prometheus-nginx-exporter;
+      } "")
+      [ "bin/nginx-prometheus-exporter" ];
+
+  # monitoring/mysqld-exporter-entrypoint.sh writes the exporter's my.cnf into /tmp from the
+  # password secret, then execs it: busybox is also /bin/sh here (shell builtins only).
+  mysqldExporterImage =
+    monitoringImage "mysqld-exporter"
+      (monitoringRoot "mysqld-exporter"
+        {
+          mysqld_exporter = lib.getExe prometheus-mysqld-exporter;
+          sh = "${busybox}/bin/busybox";
+        }
+        ''
+          install -m 0555 ${monitoringSource}/mysqld-exporter-entrypoint.sh "$out/bin/mysqld-exporter-entrypoint"
+        ''
+      )
+      [
+        "bin/mysqld-exporter-entrypoint"
+        "bin/mysqld_exporter"
+        "bin/sh"
+      ];
 in
 {
   inherit api-image proxy-image db-image;
+  prometheus-image = prometheusImage.image;
+  grafana-image = grafanaImage.image;
+  nginx-exporter-image = nginxExporterImage.image;
+  mysqld-exporter-image = mysqldExporterImage.image;
 
   # The proxy's /etc/nginx as a store path (checks.nix runs `nginx -t` on it).
   proxyConfigDir = nginxConfDir;
@@ -278,5 +435,9 @@ in
         "etc/group"
       ];
     };
+    prometheus = prometheusImage.manifest;
+    grafana = grafanaImage.manifest;
+    nginx-exporter = nginxExporterImage.manifest;
+    mysqld-exporter = mysqldExporterImage.manifest;
   };
 }

@@ -33,9 +33,9 @@ stand_in="$here/stand-in"
 
 linux_systems=(x86_64-linux aarch64-linux)
 all_systems=(x86_64-linux aarch64-linux x86_64-darwin aarch64-darwin)
-packages=(user-api api-image proxy-image db-image default)
+packages=(user-api api-image proxy-image db-image prometheus-image grafana-image nginx-exporter-image mysqld-exporter-image default)
 apps=(load up)
-checks=(user-api clippy rustfmt nginx-config image-config db-scripts api-image proxy-image db-image load-app up-app)
+checks=(user-api clippy rustfmt nginx-config image-config db-scripts api-image proxy-image db-image prometheus-image grafana-image nginx-exporter-image mysqld-exporter-image load-app up-app)
 
 passed=0
 failed=0
@@ -268,8 +268,8 @@ for app in load up; do
   fi
 done
 if command -v shellcheck >/dev/null 2>&1; then
-  if shellcheck --severity=warning "$repo/db/entrypoint.sh" "$repo/db/healthcheck.sh" "$repo/db/backup.sh"; then
-    ok "shellcheck --severity=warning: db/entrypoint.sh db/healthcheck.sh db/backup.sh"
+  if shellcheck --severity=warning "$repo/db/entrypoint.sh" "$repo/db/healthcheck.sh" "$repo/db/backup.sh" "$repo/monitoring/mysqld-exporter-entrypoint.sh"; then
+    ok "shellcheck --severity=warning: db/entrypoint.sh db/healthcheck.sh db/backup.sh monitoring/mysqld-exporter-entrypoint.sh"
   else
     bad "shellcheck: db scripts"
   fi

@@ -35,6 +35,10 @@ REQUIRED_FILES = {
     "api": ["bin/user-api"],
     "proxy": ["bin/nginx", "bin/wget"],
     "db": ["bin/db-entrypoint", "bin/healthcheck.sh", "bin/db-backup"],
+    "prometheus": ["bin/prometheus", "bin/wget", "etc/prometheus/prometheus.yml"],
+    "grafana": ["bin/grafana", "bin/wget", "share/grafana"],
+    "nginx-exporter": ["bin/nginx-prometheus-exporter", "bin/wget"],
+    "mysqld-exporter": ["bin/mysqld-exporter-entrypoint", "bin/mysqld_exporter", "bin/sh", "bin/wget"],
 }
 
 
@@ -73,6 +77,8 @@ UP_SECRETS = {
     "secrets/db_password.txt",
     "secrets/db_root_password.txt",
     "secrets/db_backup_password.txt",
+    "secrets/db_exporter_password.txt",
+    "secrets/grafana_admin_password.txt",
 }
 
 DOCKER_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

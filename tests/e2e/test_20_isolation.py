@@ -67,9 +67,14 @@ def test_only_the_proxy_publishes_a_port(stack):
 def test_the_db_is_on_the_internal_backend_only_and_the_proxy_cannot_reach_it(stack):
     nets = {s: set(stack.inspect(s)["NetworkSettings"]["Networks"]) for s in SERVICES}
     edge, backend = f"{stack.name}_edge", f"{stack.name}_backend"
-    assert nets["proxy"] == {edge}, f"proxy networks: {nets['proxy']}"
+    # `monitoring` (internal too) is where Prometheus and the exporters reach the api and the
+    # proxy's status port; without the profile nothing else is on it.
+    monitoring = f"{stack.name}_monitoring"
+    assert nets["proxy"] == {edge, monitoring}, f"proxy networks: {nets['proxy']}"
     assert nets["db"] == {backend}, f"db networks: {nets['db']}"
-    assert nets["api"] == {edge, backend}, f"api networks: {nets['api']}"
+    assert nets["api"] == {edge, backend, monitoring}, f"api networks: {nets['api']}"
+    assert compose.docker("network", "inspect", "--format", "{{.Internal}}", monitoring) \
+        .stdout.strip() == "true", "the monitoring network is not internal"
     assert compose.docker("network", "inspect", "--format", "{{.Internal}}", backend) \
         .stdout.strip() == "true", "the backend network is not internal"
     # From inside the proxy's network namespace (a probe container joined to it; the proxy

@@ -61,16 +61,7 @@ def restore(p, f: Path, *flags, check=True):
     return backup_cmd(p, "restore", *flags, f"backups/{f.name}", check=check)
 
 
-def root_sql(p, statements: str) -> str:
-    """SQL as root over the db container's socket; the password goes through an option file on
-    a pipe, never on a command line."""
-    # (the entrypoint falls back to /tmp/mysqld when /run/mysqld is not writable: after a
-    # `compose restart` on Engine 20.10 it is not)
-    script = ('s=/run/mysqld/mysqld.sock; [ -S "$s" ] || s=/tmp/mysqld/mysqld.sock; '
-              'exec mariadb --defaults-extra-file=<(printf "[client]\\nuser=root\\npassword=%s\\n" '
-              '"$(cat /run/secrets/db_root_password)") --socket="$s" --batch --skip-column-names '
-              'user_api')
-    return p.exec("db", "bash", "-c", script, input=statements).stdout
+root_sql = e2e.root_sql
 
 
 class Transfers:

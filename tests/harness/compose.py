@@ -56,10 +56,12 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 # The one-liner of README.md and the docker-compose.yml header, run verbatim (bash) in the
 # project directory. A test checks that both documents still say exactly this.
 SECRETS_ONE_LINER = (
-    "install -d -m 0700 secrets && for s in db_password db_root_password db_backup_password; do\n"
+    "install -d -m 0700 secrets && for s in db_password db_root_password db_backup_password \\\n"
+    "    db_exporter_password grafana_admin_password; do\n"
     "  (umask 022; head -c 32 /dev/urandom | base64 | tr -d '/+=\\n' > secrets/$s.txt); done"
 )
-SECRETS = ("db_password", "db_root_password", "db_backup_password")
+SECRETS = ("db_password", "db_root_password", "db_backup_password", "db_exporter_password",
+           "grafana_admin_password")
 
 PROJECT_LABEL = "com.docker.compose.project"
 # Containers a test starts by itself (probes) carry this label with the project name.
@@ -214,6 +216,8 @@ class Project:
         self.dir = Path(tempfile.mkdtemp(prefix=f"{self.name}.", dir=workdir))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
         self.env["HTTP_PORT"] = str(free_port())
+        # Grafana's (profile `monitoring`), on 127.0.0.1 like the default.
+        self.env["GRAFANA_PORT"] = str(free_port())
         if own_subnet and "EDGE_SUBNET" not in (env or {}):
             net = free_edge_subnet()
             self.env["EDGE_SUBNET"] = str(net)
@@ -261,11 +265,13 @@ class Project:
         return self.compose("exec", "-T", service, *argv, input=input, check=check,
                             timeout=timeout)
 
-    def up(self, *services, timeout: int = 180, extra=()) -> float:
-        """``up -d --wait`` (all services, or those named); returns the seconds it took."""
+    def up(self, *services, timeout: int = 180, extra=(), profiles=()) -> float:
+        """``up -d --wait`` (all services, or those named, with ``profiles`` enabled); returns
+        the seconds it took."""
         t0 = time.monotonic()
-        self.compose("up", "-d", "--wait", "--wait-timeout", str(timeout), *extra, *services,
-                     timeout=timeout + 60)
+        enable = [a for p in profiles for a in ("--profile", p)]
+        self.compose(*enable, "up", "-d", "--wait", "--wait-timeout", str(timeout), *extra,
+                     *services, timeout=timeout + 60)
         return time.monotonic() - t0
 
     def config(self) -> str:

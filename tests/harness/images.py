@@ -1,8 +1,11 @@
-"""The three images compose runs: stand-ins built from this machine's files, or the Nix ones.
+"""The images compose runs: stand-ins built from this machine's files, or the Nix ones.
 
 The stack is meant to run the images the Nix flake builds (``nix run .#load``). Where Nix cannot
 run (CI), :func:`build_stand_ins` builds **stand-ins** from this machine's own files: the release
-binary ``target/release/user-api``, Debian's nginx, busybox-static and MariaDB 10.11. They keep
+binary ``target/release/user-api``, Debian's nginx, busybox-static and MariaDB 10.11, and for the
+compose profile ``monitoring`` Debian's prometheus, prometheus-nginx-exporter and
+prometheus-mysqld-exporter. Grafana has no stand-in: it is packaged neither for Debian nor on
+PyPI, so the e2e starts the profile without it (:data:`NO_STAND_IN`). They keep
 the runtime contract of their Nix twins, read from ``nix/contract.json`` (the one statement of
 it): user, entrypoint, cmd, exposed ports, env, stop signal, healthcheck, the nginx config
 directory and the db's data directory.
@@ -55,6 +58,9 @@ DB_TOOLS = (
 ).split()
 DB_CLIENTS = ("mariadb", "mariadb-admin", "mariadb-dump", "my_print_defaults", "resolveip")
 
+# Services of nix/contract.json this machine cannot build a stand-in of.
+NO_STAND_IN = ("grafana",)
+
 
 class ContractError(Exception):
     """A loaded image does not match nix/contract.json."""
@@ -79,9 +85,10 @@ def refs(tag: str | None = None) -> dict[str, str]:
 
 
 def compose_env(references: dict[str, str]) -> dict[str, str]:
-    """The variables that make docker-compose.yml run these images."""
-    return {"API_IMAGE": references["api"], "PROXY_IMAGE": references["proxy"],
-            "DB_IMAGE": references["db"]}
+    """The variables that make docker-compose.yml run these images: ``API_IMAGE``,
+    ``NGINX_EXPORTER_IMAGE``, ... (the service name, upper case, ``-`` as ``_``)."""
+    return {f"{service.upper().replace('-', '_')}_IMAGE": ref
+            for service, ref in references.items()}
 
 
 # ---- layers ------------------------------------------------------------------------------------
@@ -328,8 +335,8 @@ def proxy_image(c: dict) -> tuple[list[Layer], dict]:
     custom.link(wget, "busybox")
     # Every file of nginx/: nginx.conf includes the others from its own directory.
     custom.dir(conf_dir)
-    for f in sorted((REPO / "nginx").glob("*.conf")):
-        custom.file(f"{conf_dir}/{f.name}", src=f)
+    for path, source in config_files("proxy", c).items():
+        custom.file(path, src=source)
     return [libs, custom], _config(c, "user-api-proxy (stand-in)")
 
 
@@ -364,6 +371,52 @@ def db_image(c: dict) -> tuple[list[Layer], dict]:
     return [libs, custom], config
 
 
+def _monitoring_layers(c: dict, program: str, dest: str) -> tuple[Layer, Layer]:
+    """The shape of the Nix monitoring images: the program at ``dest``, busybox as /bin/wget
+    for the healthcheck, users, and the data directory (if any) owned by the image's user."""
+    _require(program, program.rsplit("/", 1)[-1])
+    _require("/bin/busybox", "busybox-static")
+    libs = base_layer()
+    libs.binary(program, dest)
+    libs.binary("/bin/busybox", "/bin/busybox")
+    custom = users_layer()
+    custom.link(c["healthcheck"][1], "busybox")
+    if "dataDir" in c:
+        uid, gid = (int(x) for x in c["user"].split(":"))
+        custom.dir(c["dataDir"], 0o750, uid, gid)
+    return libs, custom
+
+
+def _monitoring_config(c: dict, title: str) -> dict:
+    extra = {"Volumes": {c["dataDir"]: {}}} if "dataDir" in c else {}
+    return _config(c, title, **extra)
+
+
+def prometheus_image(c: dict) -> tuple[list[Layer], dict]:
+    libs, custom = _monitoring_layers(c, "/usr/bin/prometheus", c["entrypoint"][0])
+    # Debian's build serves its web UI from here; the API and /-/ready do not need it.
+    if os.path.isdir("/usr/share/prometheus/web"):
+        libs.tree("/usr/share/prometheus/web")
+    for path, source in config_files("prometheus", c).items():
+        custom.file(path, src=source)
+    return [libs, custom], _monitoring_config(c, "user-api-prometheus (stand-in)")
+
+
+def nginx_exporter_image(c: dict) -> tuple[list[Layer], dict]:
+    libs, custom = _monitoring_layers(c, "/usr/bin/prometheus-nginx-exporter", c["entrypoint"][0])
+    return [libs, custom], _monitoring_config(c, "user-api-nginx-exporter (stand-in)")
+
+
+def mysqld_exporter_image(c: dict) -> tuple[list[Layer], dict]:
+    libs, custom = _monitoring_layers(c, "/usr/bin/prometheus-mysqld-exporter",
+                                      "/bin/mysqld_exporter")
+    # The entrypoint script runs on busybox's sh, as in the Nix image.
+    custom.link("/bin/sh", "busybox")
+    for path, source in config_files("mysqld-exporter", c).items():
+        custom.file(path, src=source, mode=0o755)
+    return [libs, custom], _monitoring_config(c, "user-api-mysqld-exporter (stand-in)")
+
+
 def default_api_bin() -> Path:
     if os.environ.get("E2E_API_BIN"):
         return Path(os.environ["E2E_API_BIN"])
@@ -373,15 +426,21 @@ def default_api_bin() -> Path:
 
 def build_stand_ins(api_bin: Path | None = None, workdir: Path | None = None,
                     tag: str | None = None) -> dict[str, str]:
-    """Builds and loads the three stand-ins; returns service -> reference. Under a ``tag`` of
-    the run's own (e.g. ``0.1.0-standin-<pid>``), two runs on one engine never untag each
-    other's images; compose is pointed at them with :func:`compose_env`."""
-    c, tags = contract(), refs(tag)
+    """Builds and loads the stand-ins (every service of the contract but :data:`NO_STAND_IN`);
+    returns service -> reference. Under a ``tag`` of the run's own (e.g.
+    ``0.1.0-standin-<pid>``), two runs on one engine never untag each other's images; compose is
+    pointed at them with :func:`compose_env`."""
+    c = contract()
+    tags = {s: r for s, r in refs(tag).items() if s not in NO_STAND_IN}
     builders = {
         "api": lambda: api_image(c["api"], api_bin or default_api_bin()),
         "proxy": lambda: proxy_image(c["proxy"]),
         "db": lambda: db_image(c["db"]),
+        "prometheus": lambda: prometheus_image(c["prometheus"]),
+        "nginx-exporter": lambda: nginx_exporter_image(c["nginx-exporter"]),
+        "mysqld-exporter": lambda: mysqld_exporter_image(c["mysqld-exporter"]),
     }
+    assert set(builders) == set(tags), f"stand-in builders {sorted(builders)} != {sorted(tags)}"
     with tempfile.TemporaryDirectory(prefix="user-api-images.", dir=workdir) as tmp:
         for service, build in builders.items():
             layers, config = build()
@@ -451,10 +510,32 @@ def differences(service: str, c: dict, config: dict) -> list[str]:
     return out
 
 
+def config_files(service: str, c: dict) -> dict[str, Path]:
+    """The repository's files the contract puts in a service's image: path in the image ->
+    file here (nix/images.nix installs the same ones)."""
+    monitoring = REPO / "monitoring"
+    if service == "proxy":
+        return {f"{c['configDir']}/{f.name}": f for f in sorted((REPO / "nginx").glob("*.conf"))}
+    if service == "prometheus":
+        return {f"{c['configDir']}/prometheus.yml": monitoring / "prometheus.yml",
+                **{f"{c['configDir']}/rules/{f.name}": f
+                   for f in sorted((monitoring / "rules").glob("*.rules.yml"))}}
+    if service == "grafana":
+        provisioning = monitoring / "grafana" / "provisioning"
+        return {**{f"{c['configDir']}/provisioning/{f.relative_to(provisioning)}": f
+                   for f in sorted(provisioning.rglob("*.yml"))},
+                **{f"{c['dashboardsDir']}/{f.name}": f
+                   for f in sorted((monitoring / "grafana" / "dashboards").glob("*.json"))}}
+    if service == "mysqld-exporter":
+        return {c["entrypoint"][0]: monitoring / "mysqld-exporter-entrypoint.sh"}
+    return {}
+
+
 def file_differences(service: str, c: dict, ref: str) -> list[str]:
-    """Files the contract puts in the image: the proxy's config directory holds every
-    nginx/*.conf of this checkout, byte for byte."""
-    if "configDir" not in c:
+    """The files of :func:`config_files` in the image, byte for byte (the proxy's nginx/*.conf,
+    Prometheus' config and rules, Grafana's provisioning and dashboard, ...)."""
+    wanted = config_files(service, c)
+    if not wanted:
         return []
     out = []
     created = subprocess.run(["docker", "create", "--pull", "never", ref], capture_output=True,
@@ -464,17 +545,15 @@ def file_differences(service: str, c: dict, ref: str) -> list[str]:
     cid = created.stdout.strip()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            cp = subprocess.run(["docker", "cp", "-L", f"{cid}:{c['configDir']}/.", tmp],
-                                capture_output=True, text=True)
-            if cp.returncode != 0:
-                return [f"{service}: no {c['configDir']} in {ref}: {cp.stderr.strip()}"]
-            for f in sorted((REPO / "nginx").glob("*.conf")):
-                got = Path(tmp) / f.name
-                if not got.is_file():
-                    out.append(f"{service}: {c['configDir']}/{f.name} is missing from {ref}")
-                elif got.read_bytes() != f.read_bytes():
-                    out.append(f"{service}: {c['configDir']}/{f.name} in {ref} differs from "
-                               f"nginx/{f.name}")
+            for i, (path, source) in enumerate(wanted.items()):
+                got = Path(tmp) / str(i)
+                cp = subprocess.run(["docker", "cp", "-L", f"{cid}:{path}", str(got)],
+                                    capture_output=True, text=True)
+                if cp.returncode != 0 or not got.is_file():
+                    out.append(f"{service}: {path} is missing from {ref}: {cp.stderr.strip()}")
+                elif got.read_bytes() != source.read_bytes():
+                    out.append(f"{service}: {path} in {ref} differs from "
+                               f"{source.relative_to(REPO)}")
     finally:
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
     return out

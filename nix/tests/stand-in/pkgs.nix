@@ -30,7 +30,7 @@
 # Nix 2.8, so check.sh only reports the version).
 #   rustPlatform, dockerTools see rust.nix and docker-tools.nix
 # Attribute names (top-level): mariadb_114 (pkgs/top-level/all-packages.nix: `mariadb =
-# mariadb_114`), busybox, sqlx-cli, wrk, yq-go, nixfmt, nixfmt-tree (pkgs/by-name/...), nginx,
+# mariadb_114`), prometheus, grafana, prometheus-nginx-exporter, prometheus-mysqld-exporter, busybox, sqlx-cli, wrk, yq-go, nixfmt, nixfmt-tree (pkgs/by-name/...), nginx,
 # makeWrapper, shellcheck, python3 (withPackages, pyyaml), rustc, cargo, clippy, rustfmt,
 # rust-analyzer, curl, bash, bashInteractive, coreutils, gnused, gawk, gnugrep, findutils, gzip
 # (pkgs/by-name/gz/gzip).
@@ -617,6 +617,22 @@ let
       platforms = lib.platforms.linux;
     };
     nginx = pkg { pname = "nginx"; };
+    # The monitoring images' programs. mainProgram as nixpkgs sets it, for lib.getExe
+    # (pkgs/servers/monitoring/prometheus/nginx-exporter.nix and mysqld-exporter.nix; grafana:
+    # pkgs/by-name/gr/grafana/package.nix, which also installs share/grafana/{conf,public}).
+    prometheus = pkg { pname = "prometheus"; };
+    grafana = pkg {
+      pname = "grafana";
+      mainProgram = "grafana";
+    };
+    prometheus-nginx-exporter = pkg {
+      pname = "nginx_exporter";
+      mainProgram = "nginx-prometheus-exporter";
+    };
+    prometheus-mysqld-exporter = pkg {
+      pname = "mysqld_exporter";
+      mainProgram = "mysqld_exporter";
+    };
     sqlx-cli = pkg { pname = "sqlx-cli"; };
     wrk = pkg { pname = "wrk"; };
     yq-go = pkg { pname = "yq-go"; };
