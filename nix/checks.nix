@@ -1,17 +1,35 @@
 # `nix flake check`: builds and tests the binary, lints, and proves that the nginx config, the
 # images and the apps are what docker-compose.yml and the runtime contract expect.
 {
+  lib,
   runCommand,
   writeText,
   nginx,
   python3,
   shellcheck,
+  kubectl,
+  kubeconform,
   rust,
   images,
   apps,
 }:
 let
   manifestFile = writeText "user-api-images.json" (builtins.toJSON images.manifest);
+
+  # What `kubectl kustomize k8s/overlays/<name>` reads: k8s/ and nginx/ (k8s/base lists ../../nginx
+  # as a resource, whose kustomization generates the proxy's ConfigMap from nginx/'s files).
+  k8sSource = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../k8s
+      ../nginx
+    ];
+  };
+
+  # The Kubernetes minor versions k8s/README.md claims (tests/k8s validates every one of them).
+  # The check takes the oldest and the newest of them that nixpkgs' kubernetes-validate ships.
+  k8sOldest = "1.25";
+  k8sNewest = "1.37";
 in
 {
   # The package with its tests (cargo test --release, MariaDB and nginx on loopback in the
@@ -53,6 +71,37 @@ in
         python3 ${./tests/image_contract.py} \
           --contract ${./contract.json} --manifest ${manifestFile} \
           --compose ${../docker-compose.yml} --nginx-conf ${../nginx/nginx.conf} --check-files
+        touch "$out"
+      '';
+
+  # Every overlay rendered with nixpkgs' kubectl (`kubectl kustomize`, as tests/k8s does) and
+  # validated with nixpkgs' kubeconform, `-strict -summary`, against Kubernetes 1.25 and the newest
+  # version (<= 1.37) nixpkgs' kubernetes-validate ships; an invalid object, an unknown field or a
+  # kind without a schema fails (never -ignore-missing-schemas). A second validator next to
+  # tests/k8s' kubernetes-validate 1.37.0 (PyPI).
+  # The schemas come from python3.pkgs.kubernetes-validate, which ships them inside the package:
+  # kubeconform downloads its schemas from GitHub at run time, the build sandbox has no network,
+  # and a fixed-output derivation of them would need a hash that nobody computed (never invent
+  # one). nix/k8s-schemas.py makes them standalone first: as shipped they refer to
+  # https://kubernetes.io/api/_definitions.json, which kubeconform would fetch.
+  # nix/k8s-manifests.sh is the whole check; tests/k8s/test_k8s_nix_check.py runs it without Nix.
+  k8s-manifests =
+    runCommand "user-api-k8s-manifests"
+      {
+        nativeBuildInputs = [
+          kubectl
+          kubeconform
+          python3
+        ];
+        # nix/tests/check.sh renders the overlays from this copy: it must hold all they read.
+        passthru.source = k8sSource;
+      }
+      ''
+        export HOME="$TMPDIR"
+        shipped=${python3.pkgs.kubernetes-validate}/${python3.sitePackages}/kubernetes_validate/kubernetes-json-schema
+        versions="$(python3 ${./k8s-schemas.py} "$shipped" schemas ${k8sOldest} ${k8sNewest})"
+        # $versions unquoted: one word per version.
+        bash ${./k8s-manifests.sh} ${k8sSource} schemas rendered $versions
         touch "$out"
       '';
 

@@ -48,11 +48,14 @@ let
   # nix/tests/check.sh catches a callPackage here.
   checks = import ./checks.nix {
     inherit (pkgs)
+      lib
       runCommand
       writeText
       nginx
       python3
       shellcheck
+      kubectl
+      kubeconform
       ;
     inherit rust images apps;
   };

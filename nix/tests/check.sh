@@ -14,11 +14,13 @@
 #      real nixpkgs needs Nix >= 2.18;
 #   4. the images' config against nix/contract.json, docker-compose.yml and nginx.conf's
 #      includes (nix/tests/image_contract.py, the script checks.<system>.image-config runs
-#      under Nix);
+#      under Nix); every k8s overlay renders (kubectl kustomize, when installed) from the source
+#      checks.<system>.k8s-manifests gets as from the work tree;
 #   5. bash -n and shellcheck on the app scripts, shellcheck on db/*.sh (what the Nix build of
 #      those runs);
 #   6. mutations, each applied to a scratch clone, must make step 3 fail for their own reason: a
-#      misspelt argument, a missing file, a missing output, an unknown image config key, and
+#      misspelt argument, a missing file, a missing output, an unknown image config key, a
+#      Python package nixpkgs lacks, and
 #      (issue 12) checks made through callPackage, an `env` entry repeating a derivation
 #      attribute, an input unavailable on the system, lib.getExe without meta.mainProgram, a
 #      stale cargoLock.outputHashes entry and a crate from an unknown registry.
@@ -35,7 +37,7 @@ linux_systems=(x86_64-linux aarch64-linux)
 all_systems=(x86_64-linux aarch64-linux x86_64-darwin aarch64-darwin)
 packages=(user-api api-image proxy-image db-image prometheus-image grafana-image nginx-exporter-image mysqld-exporter-image default)
 apps=(load up)
-checks=(user-api clippy rustfmt nginx-config image-config db-scripts api-image proxy-image db-image prometheus-image grafana-image nginx-exporter-image mysqld-exporter-image load-app up-app)
+checks=(user-api clippy rustfmt nginx-config image-config db-scripts k8s-manifests api-image proxy-image db-image prometheus-image grafana-image nginx-exporter-image mysqld-exporter-image load-app up-app)
 
 passed=0
 failed=0
@@ -253,6 +255,32 @@ else
   skip "image config vs docker-compose.yml: needs python3 with PyYAML (apt-get install python3-yaml); checks.<system>.image-config runs it under Nix"
 fi
 
+# ---- 4b. what checks.<system>.k8s-manifests renders -------------------------------------------
+# Its source (lib.fileset: k8s/ and nginx/) is copied to the store during evaluation: the overlays
+# must render from that copy exactly as from the work tree (what tests/k8s renders), or the check
+# would fail under Nix for a missing file. Its kubeconform run is proven by
+# tests/k8s/test_k8s_nix_check.py (the same script on this machine, kubeconform replaced).
+if command -v kubectl >/dev/null 2>&1; then
+  if source_path="$(nixc eval --raw --override-input nixpkgs "path:$stand_in" \
+    "$repo#checks.x86_64-linux.k8s-manifests.source" 2>"$tmp/eval.err")"; then
+    [ "${#store_opts[@]}" -eq 0 ] || source_path="$tmp/store$source_path"
+    for kustomization in "$repo"/k8s/overlays/*/kustomization.yaml; do
+      overlay="$(basename "$(dirname "$kustomization")")"
+      if ! kubectl kustomize "$source_path/k8s/overlays/$overlay" >"$tmp/k8s-check.yaml" 2>"$tmp/k8s.err"; then
+        bad "k8s-manifests: k8s/overlays/$overlay does not render from the check's source: $(cat "$tmp/k8s.err")"
+      elif kubectl kustomize "$repo/k8s/overlays/$overlay" | cmp -s - "$tmp/k8s-check.yaml"; then
+        ok "k8s-manifests: k8s/overlays/$overlay renders from the check's source as from the work tree"
+      else
+        bad "k8s-manifests: k8s/overlays/$overlay renders differently from the check's source"
+      fi
+    done
+  else
+    bad "evaluating checks.x86_64-linux.k8s-manifests.source: $(tail -n 15 "$tmp/eval.err")"
+  fi
+else
+  skip "k8s-manifests source: kubectl not installed (tests/k8s needs it too)"
+fi
+
 # ---- 5. scripts -----------------------------------------------------------------------------------
 for app in load up; do
   if nixc eval --raw --override-input nixpkgs "path:$stand_in" \
@@ -319,6 +347,8 @@ else
     '0,/Entrypoint = /s/Entrypoint = /EntryPoint = /' EntryPoint
   mutate "missing file" nix/checks.nix 's|../nginx/nginx.conf|../nginx/nginx.conff|' nginx.conff
   mutate "missing nixpkgs attribute" nix/default.nix 's/pkgs.mariadb_114/pkgs.mariadb_1140/' mariadb_1140
+  mutate "a Python package nixpkgs does not have" nix/checks.nix \
+    's|python3.pkgs.kubernetes-validate|python3.pkgs.kubernetes-validater|' kubernetes-validater
   mutate "missing output" nix/apps.nix 's/^    load = {/    loader = {/' ""
   # What real nixpkgs rejects and the stand-in now does too (issue 12):
   mutate "checks through callPackage (override/overrideDerivation among the checks)" nix/default.nix \
@@ -329,7 +359,7 @@ else
   mutate "an input not available on the system" nix/devshell.nix \
     's|^    wrk$|    wrk\n    busybox|; s|^  wrk,$|  wrk,\n  busybox,|' "is not available on the requested hostPlatform"
   mutate "lib.getExe of a package without meta.mainProgram" nix/apps.nix \
-    's|^      ${lib.getExe load}$|      ${lib.getExe load}\n      ${lib.getExe coreutils} --version >/dev/null|' \
+    's|^      ${lib.getExe load} "$@"$|      ${lib.getExe load} "$@"\n      ${lib.getExe coreutils} --version >/dev/null|' \
     "has no meta.mainProgram"
   mutate "a stale cargoLock.outputHashes entry" nix/rust.nix \
     's|cargoLock.lockFile = ../Cargo.lock;|cargoLock.lockFile = ../Cargo.lock; cargoLock.outputHashes."rocket-0.5.1" = lib.fakeHash;|' \

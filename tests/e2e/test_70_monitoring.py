@@ -136,9 +136,14 @@ def test_the_api_calls_sent_through_the_proxy_are_counted(mon):
         return float(result[0]["value"][1]) if result else 0.0
 
     requests.post(mon.url("/users"), json={"userid": 70_001, "username": "monitored"}, timeout=10)
-    # A scrape between reads of the counter: wait until Prometheus has a sample newer than now.
-    before = wait_for("a first sample", lambda: query(mon, f"sum({series})") or None, within=40)
-    before = float(before[0]["value"][1])
+    # The series exists from its first request on (a restarted api starts without it): one
+    # call, then a scrape that saw it, then the calls that are counted.
+    assert requests.get(mon.url("/users/70001"), timeout=10).status_code == 200
+    t0 = e2e.now()
+    wait_for("a scrape after the first call",
+             lambda: (scalar(mon, f"max(timestamp({series}))") or 0) > t0, within=40,
+             state=lambda: query(mon, series))
+    before = total()
     sent = 25
     for _ in range(sent):
         r = requests.get(mon.url("/users/70001"), timeout=10)

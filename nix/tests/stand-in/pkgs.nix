@@ -30,8 +30,10 @@
 # Nix 2.8, so check.sh only reports the version).
 #   rustPlatform, dockerTools see rust.nix and docker-tools.nix
 # Attribute names (top-level): mariadb_114 (pkgs/top-level/all-packages.nix: `mariadb =
-# mariadb_114`), prometheus, grafana, prometheus-nginx-exporter, prometheus-mysqld-exporter, busybox, sqlx-cli, wrk, yq-go, nixfmt, nixfmt-tree (pkgs/by-name/...), nginx,
-# makeWrapper, shellcheck, python3 (withPackages, pyyaml), rustc, cargo, clippy, rustfmt,
+# mariadb_114`), prometheus, grafana, prometheus-nginx-exporter, prometheus-mysqld-exporter,
+# busybox, sqlx-cli, wrk, yq-go, nixfmt, nixfmt-tree, kubectl, kubeconform
+# (pkgs/by-name/...), nginx, makeWrapper, shellcheck, python3 (withPackages, pkgs, sitePackages;
+# pyyaml, kubernetes-validate), rustc, cargo, clippy, rustfmt,
 # rust-analyzer, curl, bash, bashInteractive, coreutils, gnused, gawk, gnugrep, findutils, gzip
 # (pkgs/by-name/gz/gzip).
 { lib, system }:
@@ -580,14 +582,16 @@ let
 
     makeWrapper = pkg { pname = "make-shell-wrapper-hook"; };
 
+    # python3.pkgs is the package set python3Packages is (pkgs/top-level/all-packages.nix);
+    # sitePackages and pkgs are passthru of the interpreter
+    # (pkgs/development/interpreters/python/passthrufun.nix @ 0a381e31812d27774d12b328fd9c2f38b006591a).
     python3 = pkg {
       pname = "python3";
+      extra.sitePackages = "lib/python3.13/site-packages";
+      extra.pkgs = pythonPackages;
       extra.withPackages =
         f:
         let
-          pythonPackages = {
-            pyyaml = pkg { pname = "python3.13-pyyaml"; };
-          };
           chosen = if isFunction f then f pythonPackages else fail "python3.withPackages" "expects a function";
         in
         if !isList chosen then
@@ -612,6 +616,13 @@ let
       in
       server // { inherit server client; };
 
+    # pkgs/by-name/ku/kubectl/package.nix @ 19b0db702ccefbb7daf0d0f6c323583353874c20 and
+    # pkgs/by-name/ku/kubeconform/package.nix @ 032779a7b369a278e617caeb4146f591009200a2 (0.7.0).
+    kubectl = pkg { pname = "kubectl"; };
+    kubeconform = pkg {
+      pname = "kubeconform";
+      version = "0.7.0";
+    };
     busybox = pkg {
       pname = "busybox";
       platforms = lib.platforms.linux;
@@ -674,6 +685,15 @@ let
         ;
       fakeNss = pkgs.fakeNss;
     };
+  };
+
+  # The Python package set (python3.pkgs, python3.withPackages' argument): pyyaml, and
+  # kubernetes-validate (python-packages.nix: `kubernetes-validate = callPackage
+  # ../by-name/ku/kubernetes-validate/unwrapped.nix { }`, which ships the JSON schemas in
+  # kubernetes_validate/kubernetes-json-schema). A name not here is a missing attribute.
+  pythonPackages = {
+    pyyaml = pkg { pname = "python3.13-pyyaml"; };
+    kubernetes-validate = pkg { pname = "python3.13-kubernetes-validate"; };
   };
 
   # pkgs/by-name/fa/fakeNss/package.nix takes these (callPackage fills all but the last two);
