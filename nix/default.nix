@@ -24,7 +24,14 @@ let
     in
     "${part 0 4}-${part 4 2}-${part 6 2}T${part 8 2}:${part 10 2}:${part 12 2}Z";
 
-  rust = pkgs.callPackage ./rust.nix { inherit mariadb version cargoToml; };
+  rust = pkgs.callPackage ./rust.nix {
+    inherit
+      mariadb
+      version
+      cargoToml
+      revision
+      ;
+  };
 
   images = pkgs.callPackage ./images.nix {
     inherit

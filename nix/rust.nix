@@ -12,6 +12,8 @@
   python3,
   version,
   cargoToml,
+  # The git commit (or "dirty"), for the user_api_build_info metric (src/metrics.rs).
+  revision,
 }:
 let
   fs = lib.fileset;
@@ -64,6 +66,9 @@ let
     buildType = "release";
     # `sqlx::query!` (if it is ever used) reads .sqlx/ instead of a live database at compile time.
     env.SQLX_OFFLINE = "true";
+    # Read by option_env! for /metrics' build info. The price: every commit builds a new binary
+    # (docs-only commits included); the same commit still builds the same one.
+    env.USER_API_REVISION = revision;
   };
 
   # The shipped binary. Its tests run in `user-api-tests` below (checks.<system>.user-api), from
