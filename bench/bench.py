@@ -298,6 +298,85 @@ def wrk(args, url, script, script_args, seconds, work):
     return json.loads(line[len("BENCH_JSON ") :]), usage.ru_utime + usage.ru_stime
 
 
+# ------------------------------------------------- the API's own view of a run
+# Where a request's time goes, from the API's /metrics before and after the run: its handler
+# time (rocket_prometheus, from Rocket's request fairing to its response fairing) and the pool
+# acquire time. Compared with wrk's latency, the rest is outside the handler: nginx, the
+# kernel's queues, hyper and tokio before Rocket sees the request. Parsed by hand: the bench is
+# standard library only (no prometheus_client), and the text format's sample lines are simple.
+
+
+def scrape(port):
+    """{(name, labels): value} of the API's /metrics; {} when metrics are off."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        pairs = tuple(sorted(
+            tuple(kv.split("=", 1)) for kv in labels.rstrip("}").replace('"', "").split(",") if kv
+        ))
+        samples[(name, pairs)] = float(value)
+    return samples
+
+
+def histogram_delta(before, after, name, keep=lambda labels: True):
+    """Cumulative bucket counts {le: count} of ``name`` over the run, summed over the label
+    sets ``keep`` accepts."""
+    buckets = {}
+    for (metric, labels), value in after.items():
+        if metric != f"{name}_bucket":
+            continue
+        d = dict(labels)
+        if not keep(d):
+            continue
+        le = float(d.pop("le"))
+        buckets[le] = buckets.get(le, 0.0) + value - before.get((metric, labels), 0.0)
+    return dict(sorted(buckets.items()))
+
+
+def bucket_quantile(q, buckets):
+    """histogram_quantile() of Prometheus: linear within the bucket; None without data."""
+    if not buckets or buckets.get(float("inf"), 0) <= 0:
+        return None
+    total, lower, below = buckets[float("inf")], 0.0, 0.0
+    rank = q * total
+    for le, count in buckets.items():
+        if count >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * ((rank - below) / (count - below) if count > below else 0)
+        lower, below = le, count
+    return lower
+
+
+def api_side(before, after, requests):
+    if not before or not after:
+        return None
+    handler = histogram_delta(before, after, "rocket_http_requests_duration_seconds",
+                              lambda l: l.get("endpoint") != "/metrics")
+    acquire = histogram_delta(before, after, "user_api_db_pool_acquire_duration_seconds")
+    waits = sum(v - before.get(k, 0.0) for k, v in after.items()
+                if k[0] == "user_api_db_pool_acquire_waits_total")
+    ms = lambda x: None if x is None else round(x * 1000, 3)  # noqa: E731
+    return {
+        "handler_p50_ms": ms(bucket_quantile(0.5, handler)),
+        "handler_p99_ms": ms(bucket_quantile(0.99, handler)),
+        "acquire_p50_ms": ms(bucket_quantile(0.5, acquire)),
+        "acquire_p99_ms": ms(bucket_quantile(0.99, acquire)),
+        "acquires": round(acquire.get(float("inf"), 0.0)),
+        "acquire_waits_per_request": round(waits / requests, 3) if requests else None,
+    }
+
+
 def one_run(args, stack, kind, root):
     script, via_nginx, writes = RUNS[kind]
     port = stack.nginx.port if via_nginx else stack.api.port
@@ -326,10 +405,13 @@ def one_run(args, stack, kind, root):
     api_pids = stack.api.pids()
     peak_reset = all([reset_peak_rss(p) for p in api_pids])
     before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
+    ours = isinstance(stack.api, Api)
+    metrics0 = scrape(stack.api.port) if ours else {}
     total0, idle0, irq0 = machine_jiffies()
     t0 = time.monotonic()
     summary, wrk_cpu = wrk(args, url, script, script_args(base), args.duration, work)
     wall = time.monotonic() - t0
+    metrics1 = scrape(stack.api.port) if ours else {}
     total1, idle1, irq1 = machine_jiffies()
     pids = stack.components()  # nginx workers are stable; re-read anyway
     after = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
@@ -363,6 +445,7 @@ def one_run(args, stack, kind, root):
         # CPU seconds per wall second: 1.0 = one core busy all the time.
         "cores": {k: round(v / wall, 2) for k, v in cpu.items()},
         "machine_busy_cores": round(busy / wall, 2),
+        "api_side": api_side(metrics0, metrics1, summary["requests"]),
     }
     if writes and stack.legacy:
         created = int((summary["statuses"] or {}).get("201", 0))
@@ -556,6 +639,30 @@ def fmt_summary(results):
     return "\n".join(lines)
 
 
+def fmt_api_side(results):
+    """wrk's latency beside the API's own: handler time and pool acquire (medians over rounds;
+    histogram buckets, so coarse: rocket_prometheus' are 5 ms, 10 ms, 25 ms, ...)."""
+    groups = {}
+    for r in results:
+        if r.get("api_side"):
+            groups.setdefault((r["variant"], r["run"]), []).append(r)
+    if not groups:
+        return ""
+    head = (f"{'variant':<34} {'run':<11} {'wrk p50':>8} {'wrk p99':>8} {'handler p50':>11} "
+            f"{'p99':>7} {'acquire p50':>11} {'p99':>7} {'waits/req':>9}")
+    lines = [head, "-" * len(head)]
+    for (variant, run), rs in groups.items():
+        def m(key):
+            values = [r["api_side"][key] for r in rs if r["api_side"][key] is not None]
+            return median(values) if values else float("nan")
+        lines.append(
+            f"{variant:<34} {run:<11} {median([r['latency_ms']['p50'] for r in rs]):>8.2f} "
+            f"{median([r['latency_ms']['p99'] for r in rs]):>8.2f} {m('handler_p50_ms'):>11.2f} "
+            f"{m('handler_p99_ms'):>7.2f} {m('acquire_p50_ms'):>11.3f} {m('acquire_p99_ms'):>7.3f} "
+            f"{m('acquire_waits_per_request'):>9.3f}")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bin", default=str(REPO / "target/release/user-api"))
@@ -596,6 +703,7 @@ def main():
         report = json.loads(Path(args.summarize).read_text())
         print(f"load average at start: {report['loadavg_at_start']}")
         print(fmt_summary(report["results"]))
+        print(fmt_api_side(report["results"]))
         return 0
 
     variants = {}
@@ -703,6 +811,8 @@ def main():
     print(fmt_table(results))
     print()
     print(fmt_summary(results))
+    print()
+    print(fmt_api_side(results))
     print(f"\nload average: start {' '.join(loadavg)}, end {' '.join(map(str, report['loadavg_at_end']))}")
     print(f"results: {path}")
     lost = sum(r["check"]["missing"] + r["check"]["wrong_name"] for r in results if "check" in r)
