@@ -30,7 +30,8 @@ def _instance_dir(upstream, files, port, status_port, access_log: bool) -> Path:
     servers = [upstream] if isinstance(upstream, str) else list(upstream)
     own = {
         "upstream.conf": "".join(f"server {s};\n" for s in servers),
-        "listen.conf": f"listen 127.0.0.1:{port} default_server;\n",
+        # backlog as the shipped listen.conf (nginx/listen.conf says why)
+        "listen.conf": f"listen 127.0.0.1:{port} default_server backlog=4096;\n",
         "status-listen.conf": f"listen 127.0.0.1:{status_port};\n",
         # Unbuffered: a test reads its line right after the response.
         "access-log.conf": (
