@@ -248,6 +248,8 @@ RUNS = {
     "post_nginx": ("post.lua", True, True),
     "post_direct": ("post.lua", False, True),
     "mix_nginx": ("mix.lua", True, True),
+    # No database: the API's cost per connection without the pool queue.
+    "healthz_direct": ("healthz.lua", False, False),
 }
 
 
