@@ -113,18 +113,9 @@ in
     touch "$out"
   '';
 
-  # Building the stream scripts builds each image's final layer (fakeroot, /tmp, ownership).
-  inherit (images)
-    api-image
-    proxy-image
-    db-image
-    prometheus-image
-    grafana-image
-    nginx-exporter-image
-    mysqld-exporter-image
-    ;
-
   # writeShellApplication runs shellcheck on the app scripts when it builds them.
   load-app = apps.load;
   up-app = apps.up;
 }
+# Building the stream scripts builds each image's final layer (fakeroot, /tmp, ownership).
+// images.outputs

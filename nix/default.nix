@@ -68,17 +68,8 @@ let
   };
 in
 {
-  packages = {
+  packages = images.outputs // {
     inherit (rust) user-api;
-    inherit (images)
-      api-image
-      proxy-image
-      db-image
-      prometheus-image
-      grafana-image
-      nginx-exporter-image
-      mysqld-exporter-image
-      ;
     default = rust.user-api;
   };
 

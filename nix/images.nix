@@ -381,13 +381,19 @@ let
         "bin/mysqld_exporter"
         "bin/sh"
       ];
+  # Every image by its flake output name: packages.<name> and checks.<name> (nix/default.nix,
+  # nix/checks.nix).
+  outputs = {
+    inherit api-image proxy-image db-image;
+    prometheus-image = prometheusImage.image;
+    grafana-image = grafanaImage.image;
+    nginx-exporter-image = nginxExporterImage.image;
+    mysqld-exporter-image = mysqldExporterImage.image;
+  };
 in
-{
-  inherit api-image proxy-image db-image;
-  prometheus-image = prometheusImage.image;
-  grafana-image = grafanaImage.image;
-  nginx-exporter-image = nginxExporterImage.image;
-  mysqld-exporter-image = mysqldExporterImage.image;
+outputs
+// {
+  inherit outputs;
 
   # The proxy's /etc/nginx as a store path (checks.nix runs `nginx -t` on it).
   proxyConfigDir = nginxConfDir;
