@@ -443,9 +443,12 @@ async fn the_access_log_times_the_request_from_its_arrival() {
     });
     let mut watcher = db.connect().await;
     loop {
+        // This test's database only: other tests run UPDATEs too.
         let waiting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'UPDATE users%'",
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE DB = ? AND INFO LIKE 'UPDATE users%'",
         )
+        .bind(&db.name)
         .fetch_one(&mut watcher)
         .await
         .unwrap();
