@@ -306,18 +306,68 @@ async fn the_healthcheck_subcommand_reports_the_server_state() {
     let db = TestDb::create(shared_server()).await;
     let mut api = ApiProcess::spawn(&[("DATABASE_URL", &db.url())]);
     api.wait_healthy(Duration::from_secs(30)).await;
-    let healthcheck = |port: u16| {
+    let healthcheck_at = |address: &str, port: u16| {
         std::process::Command::new(env!("CARGO_BIN_EXE_user-api"))
             .arg("healthcheck")
-            .env("ROCKET_ADDRESS", "0.0.0.0")
+            .env("ROCKET_ADDRESS", address)
             .env("ROCKET_PORT", port.to_string())
             .output()
             .unwrap()
     };
+    let healthcheck = |port: u16| healthcheck_at("0.0.0.0", port);
     assert!(healthcheck(api.port).status.success());
     let down = healthcheck(free_port());
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("healthcheck:"));
+
+    // A server bound to one address is probed there, not on loopback: the
+    // server listens on 127.0.0.1 only, so 127.0.0.2 finds nobody, and the
+    // IPv4-mapped IPv6 form of 127.0.0.1 finds it.
+    let elsewhere = healthcheck_at("127.0.0.2", api.port);
+    assert_eq!(elsewhere.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(
+        stderr.contains(&format!("http://127.0.0.2:{}/healthz", api.port)),
+        "{stderr}"
+    );
+    assert!(
+        healthcheck_at("::ffff:127.0.0.1", api.port)
+            .status
+            .success()
+    );
+}
+
+/// The command line: `--version` and `--help` answer on stdout with exit
+/// 0, anything else is a usage error (exit 2, the usage on stderr).
+#[test]
+fn the_command_line_offers_version_and_help() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_user-api"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let version = format!("user-api {}\n", env!("CARGO_PKG_VERSION"));
+    for flag in ["--version", "-V"] {
+        let out = run(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), version, "{flag}");
+    }
+    for flag in ["--help", "-h"] {
+        let out = run(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with("usage: user-api"), "{flag}: {stdout}");
+        assert!(out.stderr.is_empty(), "{flag}");
+    }
+    for wrong in [&["--bogus"][..], &["healthcheck", "extra"]] {
+        let out = run(wrong);
+        assert_eq!(out.status.code(), Some(2), "{wrong:?}");
+        assert!(out.stdout.is_empty(), "{wrong:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("usage: user-api"), "{wrong:?}: {stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
