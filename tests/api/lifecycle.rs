@@ -171,6 +171,49 @@ async fn sigterm_finishes_requests_in_flight_then_exits_0() {
     );
 }
 
+/// After a stop the pool's connections are closed politely (`COM_QUIT`),
+/// not dropped with the process: the server counts a connection dropped
+/// without one as an aborted client. A server of its own, so that no other
+/// test's connections move the count.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_closes_the_database_connections_politely() {
+    let server = Server::start_dedicated();
+    let db = TestDb::create(&server).await;
+    let mut api = ApiProcess::spawn(&[("DATABASE_URL", &db.url())]);
+    api.wait_healthy(Duration::from_secs(30)).await;
+    let created = post_json(api.addr(), "/users", &json!({"userid": 5, "username": "a"}))
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+
+    let mut admin = MySqlConnection::connect(&server.admin_url()).await.unwrap();
+    const ABORTED: &str = "SHOW GLOBAL STATUS LIKE 'Aborted_clients'";
+    let open: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = ?")
+            .bind(&db.name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(open >= 1, "the API holds no connection");
+    let (_, before): (String, String) =
+        sqlx::query_as(ABORTED).fetch_one(&mut admin).await.unwrap();
+
+    api.signal("TERM");
+    assert_eq!(
+        api.wait_exit(Duration::from_secs(15)).await,
+        Some(0),
+        "{}",
+        api.logs()
+    );
+    // The server notices a dropped connection at once; give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, after): (String, String) = sqlx::query_as(ABORTED).fetch_one(&mut admin).await.unwrap();
+    assert_eq!(
+        before, after,
+        "{open} connections open before the stop; aborted clients {before} -> {after}"
+    );
+}
+
 /// An app user with a password, as the db container creates it.
 async fn app_user(db: &TestDb, user: &str, password: &str) {
     let mut admin = MySqlConnection::connect(&shared_server().admin_url())
