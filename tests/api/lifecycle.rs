@@ -521,7 +521,8 @@ async fn the_access_log_times_the_request_from_its_arrival() {
     }
     let addr = api.addr();
     let rename = tokio::spawn(async move {
-        request(
+        let sent = Instant::now();
+        let response = request(
             addr,
             "PUT",
             "/users/12",
@@ -532,7 +533,8 @@ async fn the_access_log_times_the_request_from_its_arrival() {
             Some(br#"{"username": "b"}"#),
         )
         .await
-        .unwrap()
+        .unwrap();
+        (response, sent.elapsed())
     });
     let mut watcher = db.connect().await;
     loop {
@@ -556,7 +558,8 @@ async fn the_access_log_times_the_request_from_its_arrival() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
-    assert_eq!(rename.await.unwrap().status, 200);
+    let (renamed, round_trip) = rename.await.unwrap();
+    assert_eq!(renamed.status, 200);
 
     api.signal("TERM");
     assert_eq!(api.wait_exit(Duration::from_secs(15)).await, Some(0));
@@ -568,4 +571,16 @@ async fn the_access_log_times_the_request_from_its_arrival() {
         .unwrap_or_else(|| panic!("no access line in {logs}"));
     let latency = access["latency_ms"].as_f64().unwrap();
     assert!(latency >= 300.0, "logged {latency} ms: {access}");
+    // In milliseconds, to the microsecond, and never more than the client
+    // waited for the answer.
+    let waited_ms = round_trip.as_secs_f64() * 1000.0;
+    assert!(
+        latency <= waited_ms,
+        "logged {latency} ms, the client waited {waited_ms} ms"
+    );
+    let micros = latency * 1000.0;
+    assert!(
+        (micros - micros.round()).abs() < 1e-6,
+        "logged {latency} ms"
+    );
 }
