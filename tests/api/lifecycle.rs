@@ -29,6 +29,14 @@ async fn startup_waits_for_a_late_database() {
     api.wait_healthy(Duration::from_secs(30)).await;
     let logs = api.logs();
     assert!(logs.contains("not reachable (attempt 1)"), "{logs}");
+    // The retries back off, doubling from 250 ms (up to 5 s).
+    for (attempt, delay) in [(1, "250.00ms"), (2, "500.00ms")] {
+        let line = logs
+            .lines()
+            .find(|l| l.contains(&format!("not reachable (attempt {attempt})")))
+            .unwrap_or_else(|| panic!("no attempt {attempt} in {logs}"));
+        assert!(line.ends_with(&format!("retrying in {delay}")), "{line}");
+    }
     assert!(logs.contains("database ready"), "{logs}");
     let ready = get(api.addr(), "/readyz").await.unwrap();
     assert_eq!(ready.status, 200);
