@@ -247,6 +247,9 @@ async fn pool_gauges_and_database_failures_follow_the_database() {
             201
         );
     }
+    // The last request's connection goes back to the pool just after its
+    // answer (a task of sqlx's): let it get there.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let healthy = Scrape::of(app.addr).await;
     let gauge = |s: &Scrape, name: &str| s.value(name, &[]).unwrap_or_else(|| panic!("{name}"));
     assert_eq!(gauge(&healthy, "user_api_db_pool_max_connections"), 3.0);
@@ -331,6 +334,79 @@ async fn pool_gauges_and_database_failures_follow_the_database() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(get(app.addr, "/users/1").await.unwrap().status, 200);
+}
+
+/// `user_api_db_pool_acquire_waits_total` counts the acquisitions that
+/// found no idle connection: none for requests one after another (the pool
+/// lends the one it has), one for a request that must wait while the only
+/// connection is held.
+#[tokio::test(flavor = "multi_thread")]
+async fn waits_for_a_connection_are_counted_and_only_those() {
+    const WAITS: &str = "user_api_db_pool_acquire_waits_total";
+    let db = TestDb::create(shared_server()).await;
+    let app = serve(
+        figment(&db.url())
+            .merge(("databases.users.max_connections", 1))
+            .merge(("databases.users.min_connections", 1))
+            .merge(("databases.users.query_timeout", 60.0))
+            .merge(("databases.users.connect_timeout", 60.0)),
+    )
+    .await;
+    let waits = |s: &Scrape| s.value(WAITS, &[]).unwrap_or_else(|| panic!("{WAITS}"));
+    // The first request may have to wait for the first connection.
+    assert_eq!(get(app.addr, "/users/1").await.unwrap().status, 404);
+    let first = waits(&Scrape::of(app.addr).await);
+    for _ in 0..5 {
+        // A connection goes back to the pool just after the answer: give it
+        // time to be idle again (a request right behind it would wait).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(get(app.addr, "/users/1").await.unwrap().status, 404);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sequential = waits(&Scrape::of(app.addr).await);
+    // All five if every acquisition were counted; leeway for a scheduler
+    // that delays a connection's return past the pause.
+    assert!(sequential <= first + 2.0, "{first} then {sequential}");
+
+    // The only connection held by a request blocked on a table lock: the
+    // next request waits for it.
+    let mut admin = db.connect().await;
+    sqlx::query("LOCK TABLES users WRITE")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let addr = app.addr;
+    let holder = tokio::spawn(async move { get(addr, "/users/2").await.unwrap() });
+    let mut watcher = db.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE DB = ? AND INFO LIKE 'SELECT userid, username FROM users%'",
+        )
+        .bind(&db.name)
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first request never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // (The holder's own acquisition may have waited for the connection's
+    // return, see above.) A wait is counted once it is over.
+    let before = waits(&Scrape::of(app.addr).await);
+    let waiter = tokio::spawn(async move { get(addr, "/users/3").await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "the second request did not wait");
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(holder.await.unwrap().status, 404);
+    assert_eq!(waiter.await.unwrap().status, 404);
+    assert_eq!(waits(&Scrape::of(app.addr).await), before + 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
