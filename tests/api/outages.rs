@@ -248,3 +248,63 @@ async fn a_server_error_1927_under_a_statement_is_database_interrupted() {
         .unwrap();
     assert_interrupted_and_served_on(&db, &app, response).await;
 }
+
+/// A pooled connection idle for a second or more is pinged before it is
+/// lent (src/db.rs): after a database restart the API has not noticed, the
+/// dead connections are replaced and the request is served, not a 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_idle_connections_are_replaced_before_use() {
+    let mut server = Server::start_dedicated();
+    let db = TestDb::create(&server).await;
+    let app = serve(figment(&db.url())).await;
+    let (created, _) = create(app.addr, 1, "before").await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    tokio::task::block_in_place(|| {
+        server.stop();
+        server.resume();
+    });
+    // Idle for longer than the ping threshold, however fast the restart.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (read, _) = timed("GET /users/1", get(app.addr, "/users/1")).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.json()["username"], "before");
+}
+
+/// `idle_timeout`: the pool closes a connection unused for that long.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_idle_past_the_idle_timeout_are_closed() {
+    let db = TestDb::create(shared_server()).await;
+    let app = serve(
+        figment(&db.url())
+            .merge(("databases.users.min_connections", 0))
+            .merge(("databases.users.idle_timeout", 1.0)),
+    )
+    .await;
+    let (read, _) = timed("GET /users/1", get(app.addr, "/users/1")).await;
+    assert_eq!(read.status, 404, "{}", read.body);
+    let mut admin = db.connect().await;
+    const OPEN: &str = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                        WHERE DB = ? AND ID <> CONNECTION_ID()";
+    let before: i64 = sqlx::query_scalar(OPEN)
+        .bind(&db.name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(before >= 1, "the API holds no connection");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let open: i64 = sqlx::query_scalar(OPEN)
+            .bind(&db.name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{before} connections still open 15 s after their last use"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
