@@ -59,6 +59,19 @@ async fn startup_gives_up_at_the_deadline_with_a_clear_message() {
         "{logs}"
     );
     assert!(!logs.contains("panicked"), "{logs}");
+    // It gives up once the next retry would end past the deadline, not
+    // after: the time it logs (from its first attempt) stays within 1.5 s
+    // plus a margin for a loaded machine.
+    let took = logs
+        .split_once(" attempts in ")
+        .and_then(|(_, rest)| rest.split_once(':'))
+        .map(|(took, _)| took)
+        .unwrap_or_else(|| panic!("no time in {logs}"));
+    let seconds = match took.strip_suffix("ms") {
+        Some(ms) => ms.parse::<f64>().unwrap() / 1000.0,
+        None => took.strip_suffix('s').unwrap().parse::<f64>().unwrap(),
+    };
+    assert!(seconds <= 2.5, "gave up after {took}: {logs}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
