@@ -409,6 +409,61 @@ async fn waits_for_a_connection_are_counted_and_only_those() {
     assert_eq!(waits(&Scrape::of(app.addr).await), before + 1.0);
 }
 
+/// A pool whose every connection is lent out and busy (here: held by a
+/// request blocked on a table lock) times a request out, 503, but the
+/// database answers: the API must not take it for down (which would answer
+/// every request 503 at once until a probe got through).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saturated_pool_is_not_taken_for_a_database_that_is_down() {
+    let db = TestDb::create(shared_server()).await;
+    let app = serve(
+        figment(&db.url())
+            .merge(("databases.users.max_connections", 1))
+            .merge(("databases.users.min_connections", 1))
+            .merge(("databases.users.connect_timeout", 1.0))
+            .merge(("databases.users.query_timeout", 10.0)),
+    )
+    .await;
+    assert_eq!(get(app.addr, "/users/1").await.unwrap().status, 404);
+    let mut admin = db.connect().await;
+    sqlx::query("LOCK TABLES users WRITE")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let addr = app.addr;
+    let holder = tokio::spawn(async move { get(addr, "/users/1").await.unwrap() });
+    let mut watcher = db.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE DB = ? AND INFO LIKE 'SELECT userid, username FROM users%'",
+        )
+        .bind(&db.name)
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first request never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // No connection within the acquire timeout (1 s).
+    let starved = get(app.addr, "/users/2").await.unwrap();
+    assert_eq!(starved.status, 503, "{}", starved.body);
+    assert_eq!(starved.error_code(), "database_unavailable");
+    // Marked down, the gauge would read 0 until a probe 250 ms later.
+    let scrape = Scrape::of(app.addr).await;
+    assert_eq!(scrape.value("user_api_database_reachable", &[]), Some(1.0));
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(holder.await.unwrap().status, 404);
+    assert_eq!(get(app.addr, "/users/2").await.unwrap().status, 404);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn build_info_and_process_metrics_are_exported() {
     let db = TestDb::create(shared_server()).await;
