@@ -516,6 +516,81 @@ async fn under_load_every_request_gets_its_access_log_line_also_at_exit() {
     );
 }
 
+/// Lines still queued at exit are written before the process ends
+/// (`log::finish`), even when stdout is slow: here a pipe nobody reads
+/// until after SIGTERM, so that most of the burst's lines are still queued
+/// (behind a full pipe) when the server stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_queued_behind_a_slow_stdout_are_written_before_the_exit() {
+    use std::io::Read;
+    const REQUESTS: u32 = 1500;
+    let db = TestDb::create(shared_server()).await;
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_user-api"))
+        .env("DATABASE_URL", db.url())
+        .env("ROCKET_ADDRESS", "127.0.0.1")
+        .env("ROCKET_PORT", port.to_string())
+        .env("ROCKET_LOG_FORMAT", "json")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get(addr, "/healthz").await.is_ok_and(|r| r.status == 200) {
+        assert!(Instant::now() < deadline, "not healthy in 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // About 200 bytes a line: far more than the pipe (64 KiB) and the
+    // writer's buffer (64 KiB) hold together.
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            tokio::spawn(async move {
+                for n in (client..REQUESTS).step_by(8) {
+                    let id = format!("queued-{n}");
+                    let response = request(addr, "GET", "/healthz", &[("X-Request-Id", &id)], None)
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status, 200);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Well within the second the writer is given to drain its queue.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut stdout = child.stdout.take().unwrap();
+    let logs = tokio::task::spawn_blocking(move || {
+        let mut logs = String::new();
+        stdout.read_to_string(&mut logs).unwrap();
+        logs
+    })
+    .await
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let logged = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["request_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("queued-"))
+        })
+        .count();
+    assert_eq!(
+        logged, REQUESTS as usize,
+        "access lines of {REQUESTS} requests"
+    );
+}
+
 /// The access log's latency covers the whole request, from when it arrived:
 /// a rename that waits 300 ms for a row lock, released only once the
 /// server is seen waiting, is logged as taking at least that.
