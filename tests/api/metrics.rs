@@ -464,6 +464,65 @@ async fn a_saturated_pool_is_not_taken_for_a_database_that_is_down() {
     assert_eq!(get(app.addr, "/users/2").await.unwrap().status, 404);
 }
 
+/// One statement left unanswered by a stalled database is enough: a
+/// background check (one connection attempt, bounded by the connect
+/// timeout) finds the database gone and the API answers 503 at once from
+/// then on, without waiting for other requests to find out. When the
+/// database answers again, so does the API.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_unanswered_statement_is_enough_to_find_a_stalled_database_down() {
+    let mut server = Server::start_dedicated();
+    let db = TestDb::create(&server).await;
+    // One connection, so the request below gets the one just used, which
+    // is not pinged first (used within the last second).
+    let app = serve(
+        figment(&db.url())
+            .merge(("databases.users.max_connections", 1))
+            .merge(("databases.users.min_connections", 1))
+            .merge(("databases.users.query_timeout", 1.0))
+            .merge(("databases.users.connect_timeout", 1.0)),
+    )
+    .await;
+    let reachable = |s: &Scrape| s.value("user_api_database_reachable", &[]);
+    let body = json!({"userid": 1, "username": "before"});
+    assert_eq!(
+        post_json(app.addr, "/users", &body).await.unwrap().status,
+        201
+    );
+    tokio::task::block_in_place(|| server.pause());
+    // Everything is asserted once the server runs again: a paused server
+    // left behind would hang the test's cleanup.
+    let stalled = get(app.addr, "/users/1").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut found_down = false;
+    while Instant::now() < deadline {
+        if reachable(&Scrape::of(app.addr).await) == Some(0.0) {
+            found_down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = get(app.addr, "/users/1").await.unwrap();
+    tokio::task::block_in_place(|| server.unpause());
+    assert_eq!(stalled.status, 503, "{}", stalled.body);
+    assert_eq!(stalled.error_code(), "database_interrupted");
+    assert!(
+        found_down,
+        "still taken for reachable 10 s after a stalled statement"
+    );
+    assert_eq!(refused.error_code(), "database_unavailable");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reachable(&Scrape::of(app.addr).await) != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "still down 10 s after the database answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(app.addr, "/users/1").await.unwrap().status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn build_info_and_process_metrics_are_exported() {
     let db = TestDb::create(shared_server()).await;
