@@ -29,6 +29,14 @@ async fn startup_waits_for_a_late_database() {
     api.wait_healthy(Duration::from_secs(30)).await;
     let logs = api.logs();
     assert!(logs.contains("not reachable (attempt 1)"), "{logs}");
+    // The retries back off, doubling from 250 ms (up to 5 s).
+    for (attempt, delay) in [(1, "250.00ms"), (2, "500.00ms")] {
+        let line = logs
+            .lines()
+            .find(|l| l.contains(&format!("not reachable (attempt {attempt})")))
+            .unwrap_or_else(|| panic!("no attempt {attempt} in {logs}"));
+        assert!(line.ends_with(&format!("retrying in {delay}")), "{line}");
+    }
     assert!(logs.contains("database ready"), "{logs}");
     let ready = get(api.addr(), "/readyz").await.unwrap();
     assert_eq!(ready.status, 200);
@@ -51,6 +59,19 @@ async fn startup_gives_up_at_the_deadline_with_a_clear_message() {
         "{logs}"
     );
     assert!(!logs.contains("panicked"), "{logs}");
+    // It gives up once the next retry would end past the deadline, not
+    // after: the time it logs (from its first attempt) stays within 1.5 s
+    // plus a margin for a loaded machine.
+    let took = logs
+        .split_once(" attempts in ")
+        .and_then(|(_, rest)| rest.split_once(':'))
+        .map(|(took, _)| took)
+        .unwrap_or_else(|| panic!("no time in {logs}"));
+    let seconds = match took.strip_suffix("ms") {
+        Some(ms) => ms.parse::<f64>().unwrap() / 1000.0,
+        None => took.strip_suffix('s').unwrap().parse::<f64>().unwrap(),
+    };
+    assert!(seconds <= 2.5, "gave up after {took}: {logs}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -168,6 +189,49 @@ async fn sigterm_finishes_requests_in_flight_then_exits_0() {
     assert!(
         get(addr, "/healthz").await.is_err(),
         "nothing listens after the stop"
+    );
+}
+
+/// After a stop the pool's connections are closed politely (`COM_QUIT`),
+/// not dropped with the process: the server counts a connection dropped
+/// without one as an aborted client. A server of its own, so that no other
+/// test's connections move the count.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_closes_the_database_connections_politely() {
+    let server = Server::start_dedicated();
+    let db = TestDb::create(&server).await;
+    let mut api = ApiProcess::spawn(&[("DATABASE_URL", &db.url())]);
+    api.wait_healthy(Duration::from_secs(30)).await;
+    let created = post_json(api.addr(), "/users", &json!({"userid": 5, "username": "a"}))
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+
+    let mut admin = MySqlConnection::connect(&server.admin_url()).await.unwrap();
+    const ABORTED: &str = "SHOW GLOBAL STATUS LIKE 'Aborted_clients'";
+    let open: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = ?")
+            .bind(&db.name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(open >= 1, "the API holds no connection");
+    let (_, before): (String, String) =
+        sqlx::query_as(ABORTED).fetch_one(&mut admin).await.unwrap();
+
+    api.signal("TERM");
+    assert_eq!(
+        api.wait_exit(Duration::from_secs(15)).await,
+        Some(0),
+        "{}",
+        api.logs()
+    );
+    // The server notices a dropped connection at once; give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, after): (String, String) = sqlx::query_as(ABORTED).fetch_one(&mut admin).await.unwrap();
+    assert_eq!(
+        before, after,
+        "{open} connections open before the stop; aborted clients {before} -> {after}"
     );
 }
 
@@ -306,18 +370,68 @@ async fn the_healthcheck_subcommand_reports_the_server_state() {
     let db = TestDb::create(shared_server()).await;
     let mut api = ApiProcess::spawn(&[("DATABASE_URL", &db.url())]);
     api.wait_healthy(Duration::from_secs(30)).await;
-    let healthcheck = |port: u16| {
+    let healthcheck_at = |address: &str, port: u16| {
         std::process::Command::new(env!("CARGO_BIN_EXE_user-api"))
             .arg("healthcheck")
-            .env("ROCKET_ADDRESS", "0.0.0.0")
+            .env("ROCKET_ADDRESS", address)
             .env("ROCKET_PORT", port.to_string())
             .output()
             .unwrap()
     };
+    let healthcheck = |port: u16| healthcheck_at("0.0.0.0", port);
     assert!(healthcheck(api.port).status.success());
     let down = healthcheck(free_port());
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("healthcheck:"));
+
+    // A server bound to one address is probed there, not on loopback: the
+    // server listens on 127.0.0.1 only, so 127.0.0.2 finds nobody, and the
+    // IPv4-mapped IPv6 form of 127.0.0.1 finds it.
+    let elsewhere = healthcheck_at("127.0.0.2", api.port);
+    assert_eq!(elsewhere.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(
+        stderr.contains(&format!("http://127.0.0.2:{}/healthz", api.port)),
+        "{stderr}"
+    );
+    assert!(
+        healthcheck_at("::ffff:127.0.0.1", api.port)
+            .status
+            .success()
+    );
+}
+
+/// The command line: `--version` and `--help` answer on stdout with exit
+/// 0, anything else is a usage error (exit 2, the usage on stderr).
+#[test]
+fn the_command_line_offers_version_and_help() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_user-api"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let version = format!("user-api {}\n", env!("CARGO_PKG_VERSION"));
+    for flag in ["--version", "-V"] {
+        let out = run(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), version, "{flag}");
+    }
+    for flag in ["--help", "-h"] {
+        let out = run(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with("usage: user-api"), "{flag}: {stdout}");
+        assert!(out.stderr.is_empty(), "{flag}");
+    }
+    for wrong in [&["--bogus"][..], &["healthcheck", "extra"]] {
+        let out = run(wrong);
+        assert_eq!(out.status.code(), Some(2), "{wrong:?}");
+        assert!(out.stdout.is_empty(), "{wrong:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("usage: user-api"), "{wrong:?}: {stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -402,6 +516,81 @@ async fn under_load_every_request_gets_its_access_log_line_also_at_exit() {
     );
 }
 
+/// Lines still queued at exit are written before the process ends
+/// (`log::finish`), even when stdout is slow: here a pipe nobody reads
+/// until after SIGTERM, so that most of the burst's lines are still queued
+/// (behind a full pipe) when the server stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_queued_behind_a_slow_stdout_are_written_before_the_exit() {
+    use std::io::Read;
+    const REQUESTS: u32 = 1500;
+    let db = TestDb::create(shared_server()).await;
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_user-api"))
+        .env("DATABASE_URL", db.url())
+        .env("ROCKET_ADDRESS", "127.0.0.1")
+        .env("ROCKET_PORT", port.to_string())
+        .env("ROCKET_LOG_FORMAT", "json")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get(addr, "/healthz").await.is_ok_and(|r| r.status == 200) {
+        assert!(Instant::now() < deadline, "not healthy in 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // About 200 bytes a line: far more than the pipe (64 KiB) and the
+    // writer's buffer (64 KiB) hold together.
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            tokio::spawn(async move {
+                for n in (client..REQUESTS).step_by(8) {
+                    let id = format!("queued-{n}");
+                    let response = request(addr, "GET", "/healthz", &[("X-Request-Id", &id)], None)
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status, 200);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Well within the second the writer is given to drain its queue.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut stdout = child.stdout.take().unwrap();
+    let logs = tokio::task::spawn_blocking(move || {
+        let mut logs = String::new();
+        stdout.read_to_string(&mut logs).unwrap();
+        logs
+    })
+    .await
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let logged = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["request_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("queued-"))
+        })
+        .count();
+    assert_eq!(
+        logged, REQUESTS as usize,
+        "access lines of {REQUESTS} requests"
+    );
+}
+
 /// The access log's latency covers the whole request, from when it arrived:
 /// a rename that waits 300 ms for a row lock, released only once the
 /// server is seen waiting, is logged as taking at least that.
@@ -428,7 +617,8 @@ async fn the_access_log_times_the_request_from_its_arrival() {
     }
     let addr = api.addr();
     let rename = tokio::spawn(async move {
-        request(
+        let sent = Instant::now();
+        let response = request(
             addr,
             "PUT",
             "/users/12",
@@ -439,13 +629,17 @@ async fn the_access_log_times_the_request_from_its_arrival() {
             Some(br#"{"username": "b"}"#),
         )
         .await
-        .unwrap()
+        .unwrap();
+        (response, sent.elapsed())
     });
     let mut watcher = db.connect().await;
     loop {
+        // This test's database only: other tests run UPDATEs too.
         let waiting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'UPDATE users%'",
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE DB = ? AND INFO LIKE 'UPDATE users%'",
         )
+        .bind(&db.name)
         .fetch_one(&mut watcher)
         .await
         .unwrap();
@@ -460,7 +654,8 @@ async fn the_access_log_times_the_request_from_its_arrival() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
-    assert_eq!(rename.await.unwrap().status, 200);
+    let (renamed, round_trip) = rename.await.unwrap();
+    assert_eq!(renamed.status, 200);
 
     api.signal("TERM");
     assert_eq!(api.wait_exit(Duration::from_secs(15)).await, Some(0));
@@ -472,4 +667,16 @@ async fn the_access_log_times_the_request_from_its_arrival() {
         .unwrap_or_else(|| panic!("no access line in {logs}"));
     let latency = access["latency_ms"].as_f64().unwrap();
     assert!(latency >= 300.0, "logged {latency} ms: {access}");
+    // In milliseconds, to the microsecond, and never more than the client
+    // waited for the answer.
+    let waited_ms = round_trip.as_secs_f64() * 1000.0;
+    assert!(
+        latency <= waited_ms,
+        "logged {latency} ms, the client waited {waited_ms} ms"
+    );
+    let micros = latency * 1000.0;
+    assert!(
+        (micros - micros.round()).abs() < 1e-6,
+        "logged {latency} ms"
+    );
 }

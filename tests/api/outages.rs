@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{HttpResponse, Server, TestDb, figment, get, post_json, serve};
+use crate::helpers::{
+    HttpResponse, Served, Server, TestDb, figment, get, post_json, request, serve, shared_server,
+};
 
 const FIRST_ANSWER: Duration = Duration::from_millis(3500);
 const KNOWN_DOWN_ANSWER: Duration = Duration::from_millis(100);
@@ -145,4 +147,164 @@ async fn a_crashed_database_is_a_fast_503_and_service_returns_when_it_does() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_database_is_a_503_within_the_query_timeout() {
     drive(Outage::Stalled).await;
+}
+
+/// The app with user 1 stored, and a query timeout far beyond what the
+/// tests below take, even under load.
+async fn with_user_1(db: &TestDb) -> Served {
+    let app = serve(figment(&db.url()).merge(("databases.users.query_timeout", 60.0))).await;
+    let (created, _) = create(app.addr, 1, "before").await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    app
+}
+
+async fn rename_user_1(addr: SocketAddr) -> (HttpResponse, Duration) {
+    let body = br#"{"username":"after"}"#;
+    let headers = [("Content-Type", "application/json")];
+    timed(
+        "PUT /users/1",
+        request(addr, "PUT", "/users/1", &headers, Some(body)),
+    )
+    .await
+}
+
+/// The rename was answered `database_interrupted` ("a write may have
+/// landed: read before retrying"), not `database_unavailable` ("nothing was
+/// sent"); the killed statement was rolled back, and the pool serves on.
+async fn assert_interrupted_and_served_on(db: &TestDb, app: &Served, response: HttpResponse) {
+    assert_eq!(response.status, 503, "{}", response.body);
+    assert_eq!(response.error_code(), "database_interrupted");
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(db.stored_name(1).await.as_deref(), Some("before"));
+    let (read, _) = timed("GET /users/1", get(app.addr, "/users/1")).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.json()["username"], "before");
+}
+
+/// An admin kills the API's connection while its `UPDATE` waits on a row
+/// lock. MariaDB closes the socket without an error packet (sqlx reports an
+/// I/O error, "expected to read 4 bytes, got 0 bytes at EOF").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_killed_under_a_statement_is_database_interrupted() {
+    let db = TestDb::create(shared_server()).await;
+    let app = with_user_1(&db).await;
+    let mut holder = db.connect().await;
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT username FROM users WHERE userid = 1 FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let rename = tokio::spawn(rename_user_1(app.addr));
+
+    // The API's connection, while its UPDATE waits for the lock.
+    let mut admin = db.connect().await;
+    let waited = Instant::now();
+    let id: i64 = loop {
+        let waiting: Option<i64> = sqlx::query_scalar(
+            "SELECT ID FROM information_schema.PROCESSLIST \
+             WHERE DB = ? AND INFO LIKE 'UPDATE users%'",
+        )
+        .bind(&db.name)
+        .fetch_optional(&mut admin)
+        .await
+        .unwrap();
+        if let Some(id) = waiting {
+            break id;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "the API's UPDATE never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    sqlx::query(&format!("KILL CONNECTION {id}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    let (response, _) = rename.await.unwrap();
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert_interrupted_and_served_on(&db, &app, response).await;
+}
+
+/// The server itself ends the API's connection in the middle of its
+/// `UPDATE` (a trigger that kills its own connection): then MariaDB does
+/// answer the statement, with error 1927 "Connection was killed", before it
+/// closes the socket: `database_interrupted` too (`ApiError::is_interruption`
+/// reads the error number), not the `database_unavailable` a transient
+/// server error gets when nothing was sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_error_1927_under_a_statement_is_database_interrupted() {
+    let db = TestDb::create(shared_server()).await;
+    let app = with_user_1(&db).await;
+    sqlx::query("CREATE TRIGGER killer BEFORE UPDATE ON users FOR EACH ROW KILL CONNECTION_ID()")
+        .execute(&mut db.connect().await)
+        .await
+        .unwrap();
+    let (response, _) = rename_user_1(app.addr).await;
+    sqlx::query("DROP TRIGGER killer")
+        .execute(&mut db.connect().await)
+        .await
+        .unwrap();
+    assert_interrupted_and_served_on(&db, &app, response).await;
+}
+
+/// A pooled connection idle for a second or more is pinged before it is
+/// lent (src/db.rs): after a database restart the API has not noticed, the
+/// dead connections are replaced and the request is served, not a 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_idle_connections_are_replaced_before_use() {
+    let mut server = Server::start_dedicated();
+    let db = TestDb::create(&server).await;
+    let app = serve(figment(&db.url())).await;
+    let (created, _) = create(app.addr, 1, "before").await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    tokio::task::block_in_place(|| {
+        server.stop();
+        server.resume();
+    });
+    // Idle for longer than the ping threshold, however fast the restart.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (read, _) = timed("GET /users/1", get(app.addr, "/users/1")).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.json()["username"], "before");
+}
+
+/// `idle_timeout`: the pool closes a connection unused for that long.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_idle_past_the_idle_timeout_are_closed() {
+    let db = TestDb::create(shared_server()).await;
+    let app = serve(
+        figment(&db.url())
+            .merge(("databases.users.min_connections", 0))
+            .merge(("databases.users.idle_timeout", 1.0)),
+    )
+    .await;
+    let (read, _) = timed("GET /users/1", get(app.addr, "/users/1")).await;
+    assert_eq!(read.status, 404, "{}", read.body);
+    let mut admin = db.connect().await;
+    const OPEN: &str = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                        WHERE DB = ? AND ID <> CONNECTION_ID()";
+    let before: i64 = sqlx::query_scalar(OPEN)
+        .bind(&db.name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(before >= 1, "the API holds no connection");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let open: i64 = sqlx::query_scalar(OPEN)
+            .bind(&db.name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{before} connections still open 15 s after their last use"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
