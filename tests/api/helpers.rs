@@ -296,6 +296,34 @@ impl TestDb {
         MySqlConnection::connect(&self.url()).await.unwrap()
     }
 
+    /// Waits until a statement starting with `prefix` runs in this database
+    /// (blocked on a lock, typically), as `information_schema.PROCESSLIST`
+    /// shows it; fails after 30 s. This database's only: other tests run the
+    /// same statements.
+    pub async fn wait_for_running(&self, prefix: &str) {
+        let mut watcher = self.connect().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let running: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE DB = ? AND INFO LIKE CONCAT(?, '%')",
+            )
+            .bind(&self.name)
+            .bind(prefix)
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+            if running > 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{prefix}...` statement ran within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The stored row, read behind the API's back.
     pub async fn stored_name(&self, userid: u32) -> Option<String> {
         sqlx::query_scalar("SELECT username FROM users WHERE userid = ?")

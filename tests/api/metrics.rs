@@ -377,23 +377,8 @@ async fn waits_for_a_connection_are_counted_and_only_those() {
         .unwrap();
     let addr = app.addr;
     let holder = tokio::spawn(async move { get(addr, "/users/2").await.unwrap() });
-    let mut watcher = db.connect().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let blocked: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-             WHERE DB = ? AND INFO LIKE 'SELECT userid, username FROM users%'",
-        )
-        .bind(&db.name)
-        .fetch_one(&mut watcher)
-        .await
-        .unwrap();
-        if blocked > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the first request never blocked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    db.wait_for_running("SELECT userid, username FROM users")
+        .await;
     // (The holder's own acquisition may have waited for the connection's
     // return, see above.) A wait is counted once it is over.
     let before = waits(&Scrape::of(app.addr).await);
@@ -432,23 +417,8 @@ async fn a_saturated_pool_is_not_taken_for_a_database_that_is_down() {
         .unwrap();
     let addr = app.addr;
     let holder = tokio::spawn(async move { get(addr, "/users/1").await.unwrap() });
-    let mut watcher = db.connect().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let blocked: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-             WHERE DB = ? AND INFO LIKE 'SELECT userid, username FROM users%'",
-        )
-        .bind(&db.name)
-        .fetch_one(&mut watcher)
-        .await
-        .unwrap();
-        if blocked > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the first request never blocked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    db.wait_for_running("SELECT userid, username FROM users")
+        .await;
     // No connection within the acquire timeout (1 s).
     let starved = get(app.addr, "/users/2").await.unwrap();
     assert_eq!(starved.status, 503, "{}", starved.body);
