@@ -9,7 +9,8 @@ use serde_json::json;
 use user_api::error::ErrorCode;
 
 use crate::helpers::{
-    Nginx, Server, TestDb, figment, get, post_json, request, serve, shared_server,
+    HttpResponse, Nginx, Served, Server, TestDb, figment, get, post_json, request, serve,
+    shared_server,
 };
 
 /// One scrape: every sample as `(name, labels) -> value`.
@@ -344,14 +345,7 @@ async fn pool_gauges_and_database_failures_follow_the_database() {
 async fn waits_for_a_connection_are_counted_and_only_those() {
     const WAITS: &str = "user_api_db_pool_acquire_waits_total";
     let db = TestDb::create(shared_server()).await;
-    let app = serve(
-        figment(&db.url())
-            .merge(("databases.users.max_connections", 1))
-            .merge(("databases.users.min_connections", 1))
-            .merge(("databases.users.query_timeout", 60.0))
-            .merge(("databases.users.connect_timeout", 60.0)),
-    )
-    .await;
+    let app = one_connection_app(&db, 60.0, 60.0).await;
     let waits = |s: &Scrape| s.value(WAITS, &[]).unwrap_or_else(|| panic!("{WAITS}"));
     // The first request may have to wait for the first connection.
     assert_eq!(get(app.addr, "/users/1").await.unwrap().status, 404);
@@ -370,15 +364,8 @@ async fn waits_for_a_connection_are_counted_and_only_those() {
 
     // The only connection held by a request blocked on a table lock: the
     // next request waits for it.
-    let mut admin = db.connect().await;
-    sqlx::query("LOCK TABLES users WRITE")
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    let (mut admin, holder) = hold_the_only_connection(&db, app.addr, "/users/2").await;
     let addr = app.addr;
-    let holder = tokio::spawn(async move { get(addr, "/users/2").await.unwrap() });
-    db.wait_for_running("SELECT userid, username FROM users")
-        .await;
     // (The holder's own acquisition may have waited for the connection's
     // return, see above.) A wait is counted once it is over.
     let before = waits(&Scrape::of(app.addr).await);
@@ -394,6 +381,41 @@ async fn waits_for_a_connection_are_counted_and_only_those() {
     assert_eq!(waits(&Scrape::of(app.addr).await), before + 1.0);
 }
 
+/// The API on a pool of exactly one connection, with these acquire (connect)
+/// and query timeouts in seconds.
+async fn one_connection_app(db: &TestDb, connect_timeout: f64, query_timeout: f64) -> Served {
+    serve(
+        figment(&db.url())
+            .merge(("databases.users.max_connections", 1))
+            .merge(("databases.users.min_connections", 1))
+            .merge(("databases.users.connect_timeout", connect_timeout))
+            .merge(("databases.users.query_timeout", query_timeout)),
+    )
+    .await
+}
+
+/// `LOCK TABLES users WRITE` from an admin session, then a `GET path` that
+/// blocks on it, holding the pool's only connection; returns the admin session
+/// (to `UNLOCK TABLES`) and the blocked request.
+async fn hold_the_only_connection(
+    db: &TestDb,
+    addr: SocketAddr,
+    path: &'static str,
+) -> (
+    sqlx::mysql::MySqlConnection,
+    tokio::task::JoinHandle<HttpResponse>,
+) {
+    let mut admin = db.connect().await;
+    sqlx::query("LOCK TABLES users WRITE")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let holder = tokio::spawn(async move { get(addr, path).await.unwrap() });
+    db.wait_for_running("SELECT userid, username FROM users")
+        .await;
+    (admin, holder)
+}
+
 /// A pool whose every connection is lent out and busy (here: held by a
 /// request blocked on a table lock) times a request out, 503, but the
 /// database answers: the API must not take it for down (which would answer
@@ -401,24 +423,9 @@ async fn waits_for_a_connection_are_counted_and_only_those() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_saturated_pool_is_not_taken_for_a_database_that_is_down() {
     let db = TestDb::create(shared_server()).await;
-    let app = serve(
-        figment(&db.url())
-            .merge(("databases.users.max_connections", 1))
-            .merge(("databases.users.min_connections", 1))
-            .merge(("databases.users.connect_timeout", 1.0))
-            .merge(("databases.users.query_timeout", 10.0)),
-    )
-    .await;
+    let app = one_connection_app(&db, 1.0, 10.0).await;
     assert_eq!(get(app.addr, "/users/1").await.unwrap().status, 404);
-    let mut admin = db.connect().await;
-    sqlx::query("LOCK TABLES users WRITE")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let addr = app.addr;
-    let holder = tokio::spawn(async move { get(addr, "/users/1").await.unwrap() });
-    db.wait_for_running("SELECT userid, username FROM users")
-        .await;
+    let (mut admin, holder) = hold_the_only_connection(&db, app.addr, "/users/1").await;
     // No connection within the acquire timeout (1 s).
     let starved = get(app.addr, "/users/2").await.unwrap();
     assert_eq!(starved.status, 503, "{}", starved.body);
