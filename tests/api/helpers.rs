@@ -350,13 +350,16 @@ impl Drop for TestDb {
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(async {
+            // Bounded: a test that failed while its server was paused
+            // (SIGSTOP) drops this before the server; an unbounded connect
+            // would hang the whole run instead of reporting the failure.
+            runtime.block_on(tokio::time::timeout(Duration::from_secs(10), async {
                 if let Ok(mut admin) = MySqlConnection::connect(&url).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
                         .execute(&mut admin)
                         .await;
                 }
-            });
+            }))
         })
         .join();
     }

@@ -334,7 +334,29 @@ async fn pool_gauges_and_database_failures_follow_the_database() {
         assert!(Instant::now() < deadline, "still unreachable");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(get(app.addr, "/users/1").await.unwrap().status, 200);
+    // And service with it: the pooled connections that died with the
+    // server are pinged (idle > 1 s) and replaced, each new one within the
+    // 1 s connect timeout; on a loaded machine one of those can run out
+    // (a JSON 503, never anything else), so service is given a few tries.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = get(app.addr, "/users/1").await.unwrap();
+        if response.status == 200 {
+            break;
+        }
+        assert_eq!(response.status, 503, "{}", response.body);
+        assert!(
+            response.error_code().starts_with("database_"),
+            "{}",
+            response.body
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no service 5 s after the database was back: {}",
+            response.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `user_api_db_pool_acquire_waits_total` counts the acquisitions that

@@ -70,11 +70,15 @@ class MariaDB:
     ``resume()`` starts it again on the same port and data.
     """
 
-    def __init__(self, port=None, extra_args=(), durable=False, root=None):
+    def __init__(self, port=None, extra_args=(), durable=False, root=None, wrapper=(), within: float = 60):
+        """``wrapper``: a command prefix for mariadbd (the profiler's valgrind),
+        ``within``: how long a start may take (longer under valgrind)."""
         self.dir = Path(tempfile.mkdtemp(prefix="user-api-mariadb-", dir=root))
         self.port = port or ports.free_port()
         self.extra_args = list(extra_args)
         self.durable = durable
+        self.wrapper = list(wrapper)
+        self.within = within
         self.process = None
         shutil.copytree(_template(), self.dir / "data", symlinks=True)
 
@@ -122,10 +126,11 @@ class MariaDB:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def resume(self, within: float = 60):
+    def resume(self, within: float | None = None):
         if self.running():
             return
-        self.process = procs.spawn([procs.program("mariadbd"), *self.args], self.log_path)
+        within = self.within if within is None else within
+        self.process = procs.spawn([*self.wrapper, procs.program("mariadbd"), *self.args], self.log_path)
         try:
             ports.wait_port(self.port, within, "mariadbd", alive=self.running)
         except (TimeoutError, RuntimeError) as e:
@@ -144,8 +149,19 @@ class MariaDB:
             self.process = None
 
     def pause(self):
-        """SIGSTOP: the server keeps its port and accepts, but never answers."""
+        """SIGSTOP: the server keeps its port and accepts, but never answers.
+
+        Returns once every thread has stopped: the signal is only pending
+        until each thread next leaves the kernel, and on a loaded machine a
+        thread already at work answered one more statement after a bare
+        kill() had returned (a test's "stalled" read got its 200)."""
         self.process.send_signal(signal.SIGSTOP)
+        # The parent learns of a stop through waitpid(WUNTRACED), which
+        # reports it only once the whole thread group has stopped.
+        _, status = os.waitpid(self.process.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):
+            self.process.returncode = os.waitstatus_to_exitcode(status)
+            raise RuntimeError(f"mariadbd exited instead of stopping ({self.process.returncode})")
 
     def unpause(self):
         self.process.send_signal(signal.SIGCONT)
