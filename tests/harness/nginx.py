@@ -45,8 +45,8 @@ def _instance_dir(upstream, files, port, status_port, access_log: bool) -> Path:
     return directory
 
 
-def _argv(directory: Path, *extra):
-    return [procs.program("nginx"), *extra, "-p", f"{directory}/", "-e", "stderr", "-c", str(directory / "nginx.conf")]
+def _argv(directory: Path, *extra, wrapper=()):
+    return [*wrapper, procs.program("nginx"), *extra, "-p", f"{directory}/", "-e", "stderr", "-c", str(directory / "nginx.conf")]
 
 
 def check(files=None) -> subprocess.CompletedProcess:
@@ -66,16 +66,17 @@ class Nginx:
         self.process = process
 
     @classmethod
-    def start(cls, upstream, files=None, access_log=True, workers=None, within=10) -> "Nginx":
+    def start(cls, upstream, files=None, access_log=True, workers=None, within=10, wrapper=()) -> "Nginx":
         """``upstream``: "host:port" or a list of them. ``files``: include
-        files by name, replacing the shipped ones (e.g. ``limits.conf``)."""
+        files by name, replacing the shipped ones (e.g. ``limits.conf``).
+        ``wrapper``: a command prefix for nginx (the profiler's valgrind)."""
         # A free port may be taken before nginx binds it: retry on that only.
         for attempt in range(3):
             port, status_port = ports.free_port(), ports.free_port()
             directory = _instance_dir(upstream, files, port, status_port, access_log)
             if workers:
                 (directory / "workers.conf").write_text(f"worker_processes {workers};\n")
-            process = procs.spawn(_argv(directory), directory / "error.log")
+            process = procs.spawn(_argv(directory, wrapper=wrapper), directory / "error.log")
             proxy = cls(directory, port, status_port, process)
             try:
                 ports.wait_until(proxy._answers, within, "nginx", alive=proxy.running)
