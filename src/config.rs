@@ -69,6 +69,14 @@ pub struct AppSettings {
     /// they cost (the pool's counters stay: a few atomic increments).
     #[serde(default = "yes")]
     pub metrics: bool,
+    /// The listening socket's backlog (see `listener`); the kernel caps it
+    /// at `net.core.somaxconn`. 0 leaves Rocket's (std's 128).
+    #[serde(default = "listen_backlog")]
+    pub listen_backlog: u32,
+}
+
+fn listen_backlog() -> u32 {
+    4096
 }
 
 fn yes() -> bool {
@@ -287,6 +295,7 @@ mod tests {
         assert_eq!(app.log_format, LogFormat::Text);
         assert_eq!(app.log_level, LogLevel::Off);
         assert!(app.access_log);
+        assert_eq!(app.listen_backlog, 4096);
     }
 
     #[test]

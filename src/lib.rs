@@ -9,6 +9,7 @@ pub mod domain;
 pub mod error;
 mod guards;
 pub mod healthcheck;
+mod listener;
 pub mod log;
 pub mod metrics;
 mod request_id;
@@ -34,6 +35,7 @@ pub fn build(figment: Figment) -> Rocket<Build> {
     }
     let access_log = settings.as_ref().map_or(true, |s| s.access_log);
     let with_metrics = settings.as_ref().map_or(true, |s| s.metrics);
+    let listen_backlog = settings.as_ref().map_or(0, |s| s.listen_backlog);
     let rocket = rocket::custom(figment)
         .attach(AdHoc::try_on_ignite("app settings", |rocket| async move {
             match settings {
@@ -55,6 +57,21 @@ pub fn build(figment: Figment) -> Rocket<Build> {
         rocket
     };
     rocket
+        // Liftoff runs once Rocket has bound its socket, before it accepts.
+        .attach(AdHoc::on_liftoff("listen backlog", move |rocket| {
+            let port = rocket.config().port;
+            Box::pin(async move {
+                if listen_backlog > 0 {
+                    match listener::raise_backlog(port, listen_backlog) {
+                        Ok(0) => log::warn(&format!(
+                            "listen backlog left at 128: no listening socket found on port {port}"
+                        )),
+                        Ok(_) => {}
+                        Err(e) => log::warn(&format!("listen backlog left at 128: {e}")),
+                    }
+                }
+            })
+        }))
         .attach(AdHoc::on_liftoff("announce", |rocket| {
             Box::pin(async move {
                 let config = rocket.config();

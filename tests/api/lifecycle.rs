@@ -680,3 +680,50 @@ async fn the_access_log_times_the_request_from_its_arrival() {
         "logged {latency} ms"
     );
 }
+
+/// The backlog the kernel reports for the listening socket on `port`
+/// (`ss`'s Send-Q column for a socket in LISTEN).
+fn listen_backlog_on(port: u16) -> u32 {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", "sport", "=", &format!(":{port}")])
+        .output()
+        .expect("ss runs (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("nothing listens on {port}"));
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// Rocket 0.5 listens with std's backlog of 128, too few for nginx's
+/// bursts of upstream connections (bench/README.md); the API raises it to
+/// `listen_backlog`, as far as the kernel allows, or leaves it when 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_listen_backlog_is_raised_as_configured() {
+    let db = TestDb::create(shared_server()).await;
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for (setting, expected) in [
+        (None, 4096.min(somaxconn)),
+        (Some("1000"), 1000.min(somaxconn)),
+        (Some("0"), 128),
+    ] {
+        let mut env = vec![("DATABASE_URL", db.url())];
+        if let Some(backlog) = setting {
+            env.push(("ROCKET_LISTEN_BACKLOG", backlog.to_owned()));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut api = ApiProcess::spawn(&env);
+        api.wait_healthy(Duration::from_secs(30)).await;
+        assert_eq!(listen_backlog_on(api.port), expected, "{setting:?}");
+        assert!(
+            !api.logs().contains("listen backlog left"),
+            "{}",
+            api.logs()
+        );
+    }
+}
