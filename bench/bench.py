@@ -379,6 +379,14 @@ def api_side(before, after, requests):
     }
 
 
+def listen_overflows():
+    """The kernel's count of connections dropped at a full listen queue (TcpExt ListenOverflows,
+    as `nstat` shows it): machine-wide, which during a run is the stack's."""
+    names, values = [line.split()[1:] for line in Path("/proc/net/netstat").read_text().splitlines()
+                     if line.startswith("TcpExt:")][:2]
+    return int(dict(zip(names, values))["ListenOverflows"])
+
+
 def one_run(args, stack, kind, root):
     script, via_nginx, writes = RUNS[kind]
     port = stack.nginx.port if via_nginx else stack.api.port
@@ -410,9 +418,11 @@ def one_run(args, stack, kind, root):
     ours = isinstance(stack.api, Api)
     metrics0 = scrape(stack.api.port) if ours else {}
     total0, idle0, irq0 = machine_jiffies()
+    overflows0 = listen_overflows()
     t0 = time.monotonic()
     summary, wrk_cpu = wrk(args, url, script, script_args(base), args.duration, work)
     wall = time.monotonic() - t0
+    overflows = listen_overflows() - overflows0
     metrics1 = scrape(stack.api.port) if ours else {}
     total1, idle1, irq1 = machine_jiffies()
     pids = stack.components()  # nginx workers are stable; re-read anyway
@@ -440,6 +450,9 @@ def one_run(args, stack, kind, root):
             else summary["errors"]["status"]
         ),
         "statuses": summary["statuses"],
+        # SYNs dropped because a listener's accept queue was full (any listener of the machine:
+        # here, nginx's or the API's); each is a client retrying a second later.
+        "listen_overflows": overflows,
         # Summed over the app's processes (gunicorn: master + workers).
         "api_rss_kib": sum(status_kib(p, "VmRSS") for p in api_pids),
         "api_peak_rss_kib": sum(status_kib(p, "VmHWM") for p in api_pids),
@@ -524,6 +537,10 @@ VARIANT_SETS = {
         "nginx workers=auto (2, default)": {},
         "nginx access_log off": {"nginx_access_log": False},
     },
+    "backlog": {
+        "listen_backlog=4096 (default)": {},
+        "listen_backlog=128 (Rocket's)": {"env": {"ROCKET_LISTEN_BACKLOG": "0"}},
+    },
     "mariadb": {
         "mariadb one-thread-per-connection": {"db_args": ["--thread-handling=one-thread-per-connection"]},
         "mariadb thread pool (db image)": {},
@@ -568,7 +585,7 @@ def parse_variant(spec):
 def fmt_table(results):
     head = (
         f"{'variant':<30} {'run':<11} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'non2xx':>6} {'err':>4} {'peakRSS':>8}  cores: api  nginx mariadb  wrk   irq other"
+        f"{'non2xx':>6} {'err':>4} {'SYNdrop':>7} {'peakRSS':>8}  cores: api  nginx mariadb  wrk   irq other"
     )
     lines = [head, "-" * len(head)]
     for r in results:
@@ -577,7 +594,7 @@ def fmt_table(results):
         lines.append(
             f"{r['variant']:<30} {r['run']:<11} {r['req_per_s']:>8.0f} "
             f"{r['latency_ms']['p50']:>7.2f} {r['latency_ms']['p99']:>7.2f} "
-            f"{r['non_2xx']:>6} {errs:>4} {r['api_peak_rss_kib'] / 1024:>6.1f}Mi  "
+            f"{r['non_2xx']:>6} {errs:>4} {r.get('listen_overflows', 0):>7} {r['api_peak_rss_kib'] / 1024:>6.1f}Mi  "
             f"      {c['api']:>4.2f} {c['nginx']:>5.2f} {c['mariadb']:>6.2f} "
             f"{c['wrk']:>4.2f} {c.get('irq', 0.0):>5.2f} {c['other']:>5.2f}"
             + (
