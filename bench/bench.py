@@ -414,6 +414,8 @@ def one_run(args, stack, kind, root):
     pids = stack.components()
     api_pids = stack.api.pids()
     peak_reset = all([reset_peak_rss(p) for p in api_pids])
+    for p in pids["nginx"] + pids["mariadb"]:
+        reset_peak_rss(p)
     before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
     ours = isinstance(stack.api, Api)
     metrics0 = scrape(stack.api.port) if ours else {}
@@ -457,6 +459,10 @@ def one_run(args, stack, kind, root):
         "api_rss_kib": sum(status_kib(p, "VmRSS") for p in api_pids),
         "api_peak_rss_kib": sum(status_kib(p, "VmHWM") for p in api_pids),
         "api_peak_rss_is_per_run": peak_reset,
+        # What the proxy's and the database's memory limits are sized from (nginx: master and
+        # workers summed; MariaDB's includes its buffer pool as far as it was touched).
+        "nginx_peak_rss_kib": sum(status_kib(p, "VmHWM") for p in pids["nginx"]),
+        "mariadb_peak_rss_kib": sum(status_kib(p, "VmHWM") for p in pids["mariadb"]),
         # CPU seconds per wall second: 1.0 = one core busy all the time.
         "cores": {k: round(v / wall, 2) for k, v in cpu.items()},
         "machine_busy_cores": round(busy / wall, 2),
