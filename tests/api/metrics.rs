@@ -441,6 +441,46 @@ async fn a_saturated_pool_is_not_taken_for_a_database_that_is_down() {
     assert_eq!(get(app.addr, "/users/2").await.unwrap().status, 404);
 }
 
+/// The other side of the test above: a pool with room for another
+/// connection that cannot lend one within the acquire timeout (its idle
+/// connection's ping, then any new connection, get no answer from a stalled
+/// server) has found the database unreachable. It is marked down at once,
+/// before the 503 goes out: the next request is refused without waiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_that_cannot_connect_finds_the_database_down_at_once() {
+    let mut server = Server::start_dedicated();
+    let db = TestDb::create(&server).await;
+    let app = serve(
+        figment(&db.url())
+            .merge(("databases.users.max_connections", 2))
+            .merge(("databases.users.min_connections", 0))
+            .merge(("databases.users.connect_timeout", 1.0))
+            .merge(("databases.users.query_timeout", 10.0)),
+    )
+    .await;
+    assert_eq!(get(app.addr, "/users/1").await.unwrap().status, 404);
+    // Idle past the ping threshold (1 s): the next acquire pings it first.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::task::block_in_place(|| server.pause());
+    // Everything is asserted once the server runs again: a paused server
+    // left behind would hang the test's cleanup.
+    let starved = get(app.addr, "/users/1").await.unwrap();
+    let reachable = Scrape::of(app.addr)
+        .await
+        .value("user_api_database_reachable", &[]);
+    let asked = Instant::now();
+    let refused = get(app.addr, "/users/2").await.unwrap();
+    let refused_in = asked.elapsed();
+    tokio::task::block_in_place(|| server.unpause());
+    assert_eq!(starved.status, 503, "{}", starved.body);
+    assert_eq!(starved.error_code(), "database_unavailable");
+    // A check in the background would still be waiting for its connection.
+    assert_eq!(reachable, Some(0.0));
+    assert_eq!(refused.error_code(), "database_unavailable");
+    // Not another acquire timeout (1 s).
+    assert!(refused_in < Duration::from_millis(500), "{refused_in:?}");
+}
+
 /// One statement left unanswered by a stalled database is enough: a
 /// background check (one connection attempt, bounded by the connect
 /// timeout) finds the database gone and the API answers 503 at once from
