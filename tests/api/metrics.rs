@@ -5,11 +5,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rocket::http::Status;
+use rocket_db_pools::Database;
 use serde_json::json;
+use user_api::db::Db;
 use user_api::error::ErrorCode;
 
 use crate::helpers::{
-    HttpResponse, Nginx, Served, Server, TestDb, figment, get, post_json, request, serve,
+    HttpResponse, Nginx, Served, Server, TestDb, client, figment, get, post_json, request, serve,
     shared_server,
 };
 
@@ -24,7 +27,11 @@ impl Scrape {
             response.header("content-type"),
             Some("text/plain; version=0.0.4; charset=utf-8")
         );
-        let lines = response.body.lines().map(|l| Ok(l.to_owned()));
+        Scrape::parse(&response.body)
+    }
+
+    fn parse(text: &str) -> Scrape {
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
         let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
         Scrape(
             parsed
@@ -479,6 +486,24 @@ async fn a_pool_that_cannot_connect_finds_the_database_down_at_once() {
     assert_eq!(refused.error_code(), "database_unavailable");
     // Not another acquire timeout (1 s).
     assert!(refused_in < Duration::from_millis(500), "{refused_in:?}");
+}
+
+/// A closed pool (the server is stopping) is not a database that is down:
+/// a request that still arrives gets its 503, and the API does not report
+/// the database unreachable (a false alert at every stop).
+#[rocket::async_test]
+async fn a_closed_pool_is_not_taken_for_a_database_that_is_down() {
+    let db = TestDb::create(shared_server()).await;
+    let client = client(&db).await;
+    let pool = Db::fetch(client.rocket()).expect("the database fairing");
+    pool.close_after_shutdown().await;
+    let response = client.get("/users/1").dispatch().await;
+    assert_eq!(response.status(), Status::ServiceUnavailable);
+    let body: serde_json::Value = response.into_json().await.unwrap();
+    assert_eq!(body["error"], "database_unavailable");
+    let metrics = client.get("/metrics").dispatch().await;
+    let scrape = Scrape::parse(&metrics.into_string().await.unwrap());
+    assert_eq!(scrape.value("user_api_database_reachable", &[]), Some(1.0));
 }
 
 /// One statement left unanswered by a stalled database is enough: a
