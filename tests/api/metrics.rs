@@ -437,6 +437,9 @@ async fn a_saturated_pool_is_not_taken_for_a_database_that_is_down() {
     let starved = get(app.addr, "/users/2").await.unwrap();
     assert_eq!(starved.status, 503, "{}", starved.body);
     assert_eq!(starved.error_code(), "database_unavailable");
+    // Readiness waits 1 s for a connection, and does not conclude either.
+    let unready = get(app.addr, "/readyz").await.unwrap();
+    assert_eq!(unready.status, 503, "{}", unready.body);
     // Marked down, the gauge would read 0 until a probe 250 ms later.
     let scrape = Scrape::of(app.addr).await;
     assert_eq!(scrape.value("user_api_database_reachable", &[]), Some(1.0));
