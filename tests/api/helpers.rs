@@ -411,12 +411,17 @@ impl Drop for TestDb {
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(async {
+            // Bounded: a test that failed while its server was paused
+            // (SIGSTOP) would otherwise hang here, not fail.
+            let drop_database = async {
                 if let Ok(mut admin) = MySqlConnection::connect(&url).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
                         .execute(&mut admin)
                         .await;
                 }
+            };
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(10), drop_database).await;
             });
         })
         .join();
