@@ -534,6 +534,18 @@ async fn one_unanswered_statement_is_enough_to_find_a_stalled_database_down() {
         post_json(app.addr, "/users", &body).await.unwrap().status,
         201
     );
+    // sqlx pings a connection on its way back to the pool: paused before
+    // that, the request below would wait for the connection, not the
+    // statement.
+    let back = Instant::now() + Duration::from_secs(10);
+    while Scrape::of(app.addr)
+        .await
+        .value("user_api_db_pool_idle_connections", &[])
+        != Some(1.0)
+    {
+        assert!(Instant::now() < back, "the connection never went back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::task::block_in_place(|| server.pause());
     // Everything is asserted once the server runs again: a paused server
     // left behind would hang the test's cleanup.
