@@ -411,17 +411,12 @@ impl Drop for TestDb {
                 .enable_all()
                 .build()
                 .unwrap();
-            // Bounded: a test that failed while its server was paused
-            // (SIGSTOP) would otherwise hang here, not fail.
-            let drop_database = async {
+            runtime.block_on(async {
                 if let Ok(mut admin) = MySqlConnection::connect(&url).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
                         .execute(&mut admin)
                         .await;
                 }
-            };
-            runtime.block_on(async {
-                let _ = tokio::time::timeout(Duration::from_secs(10), drop_database).await;
             });
         })
         .join();
