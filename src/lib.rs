@@ -14,6 +14,7 @@ pub mod log;
 pub mod metrics;
 mod request_id;
 mod routes;
+pub mod shutdown;
 
 use rocket::fairing::AdHoc;
 use rocket::figment::Figment;

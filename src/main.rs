@@ -1,8 +1,5 @@
 use std::process::ExitCode;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use rocket::{Phase, Rocket};
 use rocket_db_pools::Database;
 use user_api::db::Db;
@@ -53,12 +50,8 @@ fn serve() -> ExitCode {
                 rocket::error::ErrorKind::Shutdown(rocket, None) => {
                     // Rocket skipped its shutdown fairings on this path.
                     user_api::log::info("shutting down: finishing requests in flight");
-                    let shutdown = &rocket.config().shutdown;
-                    let limit = Duration::from_secs(u64::from(shutdown.grace + shutdown.mercy) + 1);
-                    let deadline = Instant::now() + limit;
-                    while Arc::strong_count(rocket) > 1 && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
+                    let limit = user_api::shutdown::in_flight_limit(&rocket.config().shutdown);
+                    user_api::shutdown::wait_until_sole_owner(rocket, limit).await;
                     close_pool(rocket).await;
                     Ok(())
                 }

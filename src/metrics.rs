@@ -309,3 +309,31 @@ impl Collector for PoolCollector {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry trusts a collector's descriptors to refuse a second
+    /// collector of the same names (which would make the scrape
+    /// ambiguous): the pool's must describe exactly the families it yields.
+    #[tokio::test]
+    async fn the_pool_collector_describes_every_family_it_collects() {
+        // Lazy: nothing connects, the gauges read an empty pool.
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .connect_lazy("mysql://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let collector = PoolCollector(Arc::new(PoolMetrics::new(pool, 3)));
+        let mut described: Vec<String> =
+            collector.desc().iter().map(|d| d.fq_name.clone()).collect();
+        let mut collected: Vec<String> = collector
+            .collect()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        described.sort();
+        collected.sort();
+        assert_eq!(described.len(), 9, "{described:?}");
+        assert_eq!(described, collected);
+    }
+}

@@ -164,3 +164,28 @@ async fn database_errors_are_503_only_when_worth_a_retry() {
         "{number:?}"
     );
 }
+
+/// Only a duplicate key is `user_exists`: any other error the database
+/// raises for an insert is the server's fault (500), never a 409 that
+/// tells the client the user is there.
+#[rocket::async_test]
+async fn a_failed_insert_that_is_no_duplicate_is_not_user_exists() {
+    let db = TestDb::create(shared_server()).await;
+    let client = client(&db).await;
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE INSERT ON users FOR EACH ROW \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a trigger'",
+    )
+    .execute(&mut db.connect().await)
+    .await
+    .unwrap();
+    let response = client
+        .post("/users")
+        .json(&json!({"userid": 1, "username": "Ada"}))
+        .dispatch()
+        .await;
+    assert_eq!(response.status(), Status::InternalServerError);
+    let body: serde_json::Value = response.into_json().await.unwrap();
+    assert_eq!(body["error"], "internal");
+    assert_eq!(db.count().await, 0);
+}

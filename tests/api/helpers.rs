@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -198,6 +198,62 @@ pub fn unique_temp_dir(what: &str) -> PathBuf {
     dir
 }
 
+/// A TCP relay in front of a server that counts the connections it
+/// accepts and, once told to [`hold`](CountingProxy::hold), keeps new ones
+/// open without relaying them: to the client, a server that accepts and
+/// never answers, while the connections opened before keep working.
+pub struct CountingProxy {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    holding: Arc<AtomicBool>,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl CountingProxy {
+    pub async fn start(upstream: SocketAddr) -> CountingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let holding = Arc::new(AtomicBool::new(false));
+        let (count, hold) = (accepted.clone(), holding.clone());
+        let relay = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                if hold.load(Ordering::SeqCst) {
+                    held.push(client);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        CountingProxy {
+            addr,
+            accepted,
+            holding,
+            relay,
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn hold(&self) {
+        self.holding.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.relay.abort();
+    }
+}
+
 // ------------------------------------------------------------------ nginx
 
 /// The project's nginx.conf, unchanged, in front of `upstream`, on free
@@ -301,6 +357,11 @@ impl TestDb {
     /// shows it; fails after 30 s. This database's only: other tests run the
     /// same statements.
     pub async fn wait_for_running(&self, prefix: &str) {
+        self.wait_for_running_times(prefix, 1).await;
+    }
+
+    /// [`TestDb::wait_for_running`], for `times` such statements at once.
+    pub async fn wait_for_running_times(&self, prefix: &str, times: i64) {
         let mut watcher = self.connect().await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -313,12 +374,12 @@ impl TestDb {
             .fetch_one(&mut watcher)
             .await
             .unwrap();
-            if running > 0 {
+            if running >= times {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "no `{prefix}...` statement ran within 30 s"
+                "{running} of {times} `{prefix}...` statements ran within 30 s"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -47,7 +47,12 @@ async fn startup_gives_up_at_the_deadline_with_a_clear_message() {
     let port = free_port();
     let url = format!("mysql://root@127.0.0.1:{port}/nothing");
     let started = Instant::now();
-    let mut api = ApiProcess::spawn(&[("DATABASE_URL", &url), ("DATABASE_STARTUP_TIMEOUT", "1.5")]);
+    // Rocket's own records on, for the line rocket_db_pools writes.
+    let mut api = ApiProcess::spawn(&[
+        ("DATABASE_URL", &url),
+        ("DATABASE_STARTUP_TIMEOUT", "1.5"),
+        ("ROCKET_LOG_LEVEL", "critical"),
+    ]);
     let code = api.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(code, Some(1), "{}", api.logs());
     assert!(started.elapsed() < Duration::from_secs(15));
@@ -59,6 +64,18 @@ async fn startup_gives_up_at_the_deadline_with_a_clear_message() {
         "{logs}"
     );
     assert!(!logs.contains("panicked"), "{logs}");
+    // rocket_db_pools reports the failed pool with the error's text (the
+    // `StartupError`'s): the reason must be there too, not an empty one.
+    let reported = logs
+        .lines()
+        .find(|l| l.contains("failed to initialize database"))
+        .unwrap_or_else(|| panic!("Rocket did not report the pool: {logs}"));
+    assert!(
+        reported.contains(&format!(
+            "database at 127.0.0.1:{port}/nothing not reachable after"
+        )),
+        "{reported}"
+    );
     // It gives up once the next retry would end past the deadline, not
     // after: the time it logs (from its first attempt) stays within 1.5 s
     // plus a margin for a loaded machine.

@@ -5,11 +5,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rocket::http::Status;
+use rocket_db_pools::Database;
 use serde_json::json;
+use user_api::db::Db;
 use user_api::error::ErrorCode;
 
 use crate::helpers::{
-    HttpResponse, Nginx, Served, Server, TestDb, figment, get, post_json, request, serve,
+    HttpResponse, Nginx, Served, Server, TestDb, client, figment, get, post_json, request, serve,
     shared_server,
 };
 
@@ -24,7 +27,11 @@ impl Scrape {
             response.header("content-type"),
             Some("text/plain; version=0.0.4; charset=utf-8")
         );
-        let lines = response.body.lines().map(|l| Ok(l.to_owned()));
+        Scrape::parse(&response.body)
+    }
+
+    fn parse(text: &str) -> Scrape {
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
         let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
         Scrape(
             parsed
@@ -452,6 +459,9 @@ async fn a_saturated_pool_is_not_taken_for_a_database_that_is_down() {
     let starved = get(app.addr, "/users/2").await.unwrap();
     assert_eq!(starved.status, 503, "{}", starved.body);
     assert_eq!(starved.error_code(), "database_unavailable");
+    // Readiness waits 1 s for a connection, and does not conclude either.
+    let unready = get(app.addr, "/readyz").await.unwrap();
+    assert_eq!(unready.status, 503, "{}", unready.body);
     // Marked down, the gauge would read 0 until a probe 250 ms later.
     let scrape = Scrape::of(app.addr).await;
     assert_eq!(scrape.value("user_api_database_reachable", &[]), Some(1.0));
@@ -461,6 +471,64 @@ async fn a_saturated_pool_is_not_taken_for_a_database_that_is_down() {
         .unwrap();
     assert_eq!(holder.await.unwrap().status, 404);
     assert_eq!(get(app.addr, "/users/2").await.unwrap().status, 404);
+}
+
+/// The other side of the test above: a pool with room for another
+/// connection that cannot lend one within the acquire timeout (its idle
+/// connection's ping, then any new connection, get no answer from a stalled
+/// server) has found the database unreachable. It is marked down at once,
+/// before the 503 goes out: the next request is refused without waiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_that_cannot_connect_finds_the_database_down_at_once() {
+    let mut server = Server::start_dedicated();
+    let db = TestDb::create(&server).await;
+    let app = serve(
+        figment(&db.url())
+            .merge(("databases.users.max_connections", 2))
+            .merge(("databases.users.min_connections", 0))
+            .merge(("databases.users.connect_timeout", 1.0))
+            .merge(("databases.users.query_timeout", 10.0)),
+    )
+    .await;
+    assert_eq!(get(app.addr, "/users/1").await.unwrap().status, 404);
+    // Idle past the ping threshold (1 s): the next acquire pings it first.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::task::block_in_place(|| server.pause());
+    // Everything is asserted once the server runs again: a paused server
+    // left behind would hang the test's cleanup.
+    let starved = get(app.addr, "/users/1").await.unwrap();
+    let reachable = Scrape::of(app.addr)
+        .await
+        .value("user_api_database_reachable", &[]);
+    let asked = Instant::now();
+    let refused = get(app.addr, "/users/2").await.unwrap();
+    let refused_in = asked.elapsed();
+    tokio::task::block_in_place(|| server.unpause());
+    assert_eq!(starved.status, 503, "{}", starved.body);
+    assert_eq!(starved.error_code(), "database_unavailable");
+    // A check in the background would still be waiting for its connection.
+    assert_eq!(reachable, Some(0.0));
+    assert_eq!(refused.error_code(), "database_unavailable");
+    // Not another acquire timeout (1 s).
+    assert!(refused_in < Duration::from_millis(500), "{refused_in:?}");
+}
+
+/// A closed pool (the server is stopping) is not a database that is down:
+/// a request that still arrives gets its 503, and the API does not report
+/// the database unreachable (a false alert at every stop).
+#[rocket::async_test]
+async fn a_closed_pool_is_not_taken_for_a_database_that_is_down() {
+    let db = TestDb::create(shared_server()).await;
+    let client = client(&db).await;
+    let pool = Db::fetch(client.rocket()).expect("the database fairing");
+    pool.close_after_shutdown().await;
+    let response = client.get("/users/1").dispatch().await;
+    assert_eq!(response.status(), Status::ServiceUnavailable);
+    let body: serde_json::Value = response.into_json().await.unwrap();
+    assert_eq!(body["error"], "database_unavailable");
+    let metrics = client.get("/metrics").dispatch().await;
+    let scrape = Scrape::parse(&metrics.into_string().await.unwrap());
+    assert_eq!(scrape.value("user_api_database_reachable", &[]), Some(1.0));
 }
 
 /// One statement left unanswered by a stalled database is enough: a
@@ -488,6 +556,18 @@ async fn one_unanswered_statement_is_enough_to_find_a_stalled_database_down() {
         post_json(app.addr, "/users", &body).await.unwrap().status,
         201
     );
+    // sqlx pings a connection on its way back to the pool: paused before
+    // that, the request below would wait for the connection, not the
+    // statement.
+    let back = Instant::now() + Duration::from_secs(10);
+    while Scrape::of(app.addr)
+        .await
+        .value("user_api_db_pool_idle_connections", &[])
+        != Some(1.0)
+    {
+        assert!(Instant::now() < back, "the connection never went back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::task::block_in_place(|| server.pause());
     // Everything is asserted once the server runs again: a paused server
     // left behind would hang the test's cleanup.

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::helpers::{
-    HttpResponse, Served, Server, TestDb, figment, get, post_json, request, serve, shared_server,
+    CountingProxy, HttpResponse, Served, Server, TestDb, figment, get, post_json, request, serve,
+    shared_server,
 };
 
 const FIRST_ANSWER: Duration = Duration::from_millis(3500);
@@ -307,4 +308,64 @@ async fn connections_idle_past_the_idle_timeout_are_closed() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Statements that time out together raise one suspicion each, but one
+/// connection attempt answers them all (`Reachability::suspect`): the
+/// others return while that check runs. A check per statement would add
+/// connection attempts to a struggling server, one per request.
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_timing_out_together_start_one_reachability_check() {
+    const STATEMENTS: usize = 4;
+    let server = Server::start_dedicated();
+    let db = TestDb::create(&server).await;
+    let proxy = CountingProxy::start(SocketAddr::from(([127, 0, 0, 1], server.port))).await;
+    let app = serve(
+        figment(&format!("mysql://root@{}/{}", proxy.addr, db.name))
+            .merge(("databases.users.max_connections", STATEMENTS as u32))
+            // No replacement connections to blur the count.
+            .merge(("databases.users.min_connections", 0))
+            .merge(("databases.users.query_timeout", 1.0))
+            // The check hangs on the held connection for that long.
+            .merge(("databases.users.connect_timeout", 20.0)),
+    )
+    .await;
+    let mut admin = db.connect().await;
+    sqlx::query("LOCK TABLES users WRITE")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let reads: Vec<_> = (0..STATEMENTS)
+        .map(|_| tokio::spawn(timed("GET /users/1", get(app.addr, "/users/1"))))
+        .collect();
+    db.wait_for_running_times("SELECT userid, username FROM users", STATEMENTS as i64)
+        .await;
+    // From here a new connection gets no answer: a check stays running.
+    proxy.hold();
+    let before = proxy.accepted();
+    for read in reads {
+        let (response, _) = read.await.unwrap();
+        assert_eq!(response.status, 503, "{}", response.body);
+        assert_eq!(response.error_code(), "database_interrupted");
+    }
+    let waited = Instant::now();
+    while proxy.accepted() == before {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "no reachability check after {STATEMENTS} timed-out statements"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every check was spawned before its request's answer; a second one
+    // would have connected by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        proxy.accepted(),
+        before + 1,
+        "one check, not one per statement"
+    );
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut admin)
+        .await
+        .unwrap();
 }
