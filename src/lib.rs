@@ -58,11 +58,13 @@ pub fn build(figment: Figment) -> Rocket<Build> {
         rocket
     };
     rocket
-        // Liftoff runs once Rocket has bound its socket, before it accepts.
+        // Liftoff runs once Rocket has bound its socket, before it accepts;
+        // Rocket then holds the bound port. Port 0 means nothing was bound:
+        // a `rocket::local` client, which runs liftoff without a server.
         .attach(AdHoc::on_liftoff("listen backlog", move |rocket| {
             let port = rocket.config().port;
             Box::pin(async move {
-                if listen_backlog > 0 {
+                if listen_backlog > 0 && port != 0 {
                     match listener::raise_backlog(port, listen_backlog) {
                         Ok(0) => log::warn(&format!(
                             "listen backlog left at 128: no listening socket found on port {port}"
