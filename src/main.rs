@@ -42,38 +42,50 @@ fn serve() -> ExitCode {
                 Ok(())
             }
             Err(e) => match e.kind() {
-                // Rocket 0.5.2 race: a SIGTERM that lands between two polls
-                // of its shutdown select ends the accept loop first, and
-                // launch() returns at once, while connections still serve
-                // requests in flight. Wait them out (they keep their own
-                // grace and mercy), as the nominal path would have.
+                // Rocket 0.5.2 returns this, with requests still in flight,
+                // on two paths: a SIGTERM that lands between two polls of its
+                // shutdown select ends the accept loop first and launch()
+                // returns at once (its shutdown fairings skipped); or a
+                // request outlives grace + mercy + 1 s (a database call may
+                // be allowed longer). Wait for them as the nominal path would
+                // have, so that no write is cut off by closing the pool.
                 rocket::error::ErrorKind::Shutdown(rocket, None) => {
-                    // Rocket skipped its shutdown fairings on this path.
-                    user_api::log::info("shutting down: finishing requests in flight");
+                    user_api::log::info("shutting down: waiting for the requests still in flight");
                     let limit = user_api::shutdown::in_flight_limit(&rocket.config().shutdown);
-                    user_api::shutdown::wait_until_sole_owner(rocket, limit).await;
-                    close_pool(rocket).await;
-                    Ok(())
+                    if user_api::shutdown::wait_until_sole_owner(rocket, limit).await {
+                        close_pool(rocket).await;
+                        Ok(())
+                    } else {
+                        // Not closing the pool: that would wait for the very
+                        // connections those requests hold.
+                        Err(format!(
+                            "abandoned the requests still in flight after waiting {} s for them",
+                            limit.as_secs()
+                        ))
+                    }
                 }
-                _ => Err(e),
+                _ => Err(reason(e.kind())),
             },
         }
     });
     let code = match served {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let reason = match e.kind() {
-                rocket::error::ErrorKind::Config(e) => format!("invalid configuration: {e}"),
-                rocket::error::ErrorKind::Bind(e) => format!("cannot listen: {e}"),
-                // The failing fairing has logged its own reason already.
-                other => other.to_string(),
-            };
+        Err(reason) => {
             user_api::log::error(&format!("stopped: {reason}"));
             ExitCode::FAILURE
         }
     };
     user_api::log::finish();
     code
+}
+
+fn reason(error: &rocket::error::ErrorKind) -> String {
+    match error {
+        rocket::error::ErrorKind::Config(e) => format!("invalid configuration: {e}"),
+        rocket::error::ErrorKind::Bind(e) => format!("cannot listen: {e}"),
+        // The failing fairing has logged its own reason already.
+        other => other.to_string(),
+    }
 }
 
 /// Only once every request is done: see `UserPool::close`.

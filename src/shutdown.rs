@@ -1,7 +1,8 @@
-//! The wait `main` does itself when Rocket 0.5.2's `launch()` returns before
-//! its connections are done (a SIGTERM between two polls of Rocket's
-//! shutdown select). That race cannot be provoked on demand, so the wait
-//! lives here, where its arithmetic and its exit conditions can be tested.
+//! The wait `main` does itself when Rocket 0.5.2's `launch()` returns while
+//! requests are still in flight: after a SIGTERM between two polls of
+//! Rocket's shutdown select (a race no test can provoke on demand), or when
+//! a request outlives Rocket's own wait. The wait lives here, where its
+//! arithmetic and its exit conditions can be tested alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,12 +18,18 @@ pub fn in_flight_limit(shutdown: &rocket::config::Shutdown) -> Duration {
     Duration::from_secs(u64::from(shutdown.grace + shutdown.mercy) + 1)
 }
 
-/// Returns once `owned` has no other strong reference, or after `limit`.
-/// Every connection Rocket still serves holds a clone of its `Arc<Rocket>`:
-/// being the sole owner means no request is in flight any more.
-pub async fn wait_until_sole_owner<T>(owned: &Arc<T>, limit: Duration) {
+/// Waits until `owned` has no other strong reference (true), or gives up
+/// after `limit` (false). Every request Rocket still serves holds a clone of
+/// its `Arc<Rocket>`: being the sole owner means none is in flight any more.
+pub async fn wait_until_sole_owner<T>(owned: &Arc<T>, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
-    while Arc::strong_count(owned) > 1 && Instant::now() < deadline {
+    loop {
+        if Arc::strong_count(owned) == 1 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(POLL).await;
     }
 }
@@ -43,6 +50,11 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_sole_owner_is_reported_at_once_even_with_no_time_left() {
+        assert!(wait_until_sole_owner(&Arc::new(()), Duration::ZERO).await);
+    }
+
+    #[tokio::test]
     async fn the_wait_ends_as_soon_as_no_one_else_holds_a_reference() {
         let owned = Arc::new(());
         let held = owned.clone();
@@ -57,7 +69,7 @@ mod tests {
         let ended = tokio::time::timeout(Duration::from_secs(20), wait).await;
         let waited = started.elapsed();
         release.await.unwrap();
-        assert!(ended.is_ok(), "still waiting 20 s after the release");
+        assert_eq!(ended, Ok(true), "still waiting 20 s after the release");
         assert!(waited >= Duration::from_millis(200), "{waited:?}");
     }
 
@@ -70,7 +82,7 @@ mod tests {
         let wait = wait_until_sole_owner(&owned, limit);
         let ended = tokio::time::timeout(limit + Duration::from_secs(5), wait).await;
         let waited = started.elapsed();
-        assert!(ended.is_ok(), "still waiting 5 s past the limit");
+        assert_eq!(ended, Ok(false), "still waiting 5 s past the limit");
         assert!(waited >= limit, "{waited:?}");
     }
 }

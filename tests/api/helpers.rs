@@ -555,6 +555,26 @@ impl ApiProcess {
         panic!("user-api not healthy after {within:?}:\n{}", self.logs());
     }
 
+    /// Waits until the logs contain `needle`; panics with them if the
+    /// process exits first or `within` passes.
+    pub async fn wait_for_log(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                panic!(
+                    "user-api exited ({status}) before {needle:?}:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no {needle:?} after {within:?}:\n{}", self.logs());
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])

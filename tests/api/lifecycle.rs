@@ -209,6 +209,71 @@ async fn sigterm_finishes_requests_in_flight_then_exits_0() {
     );
 }
 
+/// A write held past Rocket's own shutdown wait (grace + mercy + 1 s; here
+/// a table lock, and a query timeout longer than that wait), SIGTERM sent.
+/// Rocket 0.5.2 then gives up and returns from `launch()` with the request
+/// still in flight, as it does when it loses its shutdown race.
+async fn a_write_held_past_rockets_shutdown_wait(db: &TestDb) -> (ApiProcess, MySqlConnection) {
+    let url = db.url();
+    let mut api = ApiProcess::spawn(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_QUERY_TIMEOUT", "60"),
+        // Rocket waits 2 + 0 + 1 = 3 s, and so does the API after it.
+        ("ROCKET_SHUTDOWN", "{grace=2,mercy=0}"),
+    ]);
+    api.wait_healthy(Duration::from_secs(30)).await;
+    let mut blocker = db.connect().await;
+    sqlx::query("LOCK TABLES users WRITE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let addr = api.addr();
+    // Its client is cut off at the end of the grace period: only the write
+    // itself is checked.
+    tokio::spawn(async move {
+        post_json(addr, "/users", &json!({"userid": 78, "username": "later"})).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.signal("TERM");
+    (api, blocker)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_that_outlives_rockets_shutdown_wait_is_still_finished_then_exits_0() {
+    let db = TestDb::create(shared_server()).await;
+    let (mut api, mut blocker) = a_write_held_past_rockets_shutdown_wait(&db).await;
+    api.wait_for_log(
+        "shutting down: waiting for the requests still in flight",
+        Duration::from_secs(30),
+    )
+    .await;
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    assert_eq!(
+        api.wait_exit(Duration::from_secs(15)).await,
+        Some(0),
+        "{}",
+        api.logs()
+    );
+    assert_eq!(db.stored_name(78).await.as_deref(), Some("later"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_still_held_after_the_apis_own_wait_is_abandoned_with_exit_1() {
+    let db = TestDb::create(shared_server()).await;
+    let (mut api, blocker) = a_write_held_past_rockets_shutdown_wait(&db).await;
+    let code = api.wait_exit(Duration::from_secs(30)).await;
+    drop(blocker);
+    let logs = api.logs();
+    assert_eq!(code, Some(1), "{logs}");
+    assert!(
+        logs.contains("stopped: abandoned the requests still in flight after waiting 3 s"),
+        "{logs}"
+    );
+}
+
 /// After a stop the pool's connections are closed politely (`COM_QUIT`),
 /// not dropped with the process: the server counts a connection dropped
 /// without one as an aborted client. A server of its own, so that no other
