@@ -118,11 +118,18 @@ static SERIAL: AtomicUsize = AtomicUsize::new(0);
 /// The server most tests share, started once per test binary.
 pub fn shared_server() -> &'static Server {
     SHARED.get_or_init(|| match std::env::var("TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Server {
-            port: 0,
-            harness: None,
-            external_url: Some(url.trim_end_matches('/').to_owned()),
-        },
+        Ok(url) if !url.is_empty() => {
+            let url = url.trim_end_matches('/');
+            Server {
+                port: url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|port| port.parse().ok())
+                    .expect("TEST_DATABASE_URL is mysql://root@127.0.0.1:PORT"),
+                harness: None,
+                external_url: Some(url.to_owned()),
+            }
+        }
         _ => Server::start_dedicated(),
     })
 }
@@ -414,19 +421,44 @@ impl Drop for TestDb {
             // Bounded: a test that failed while its server was paused
             // (SIGSTOP) drops this before the server; an unbounded connect
             // would hang the whole run instead of reporting the failure.
-            runtime.block_on(tokio::time::timeout(Duration::from_secs(10), async {
-                if let Ok(mut admin) = MySqlConnection::connect(&url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
-                        .execute(&mut admin)
-                        .await;
-                }
-            }))
+            // The timer is made inside the runtime: made outside, it panics
+            // (no reactor) and the database is never dropped.
+            runtime.block_on(async {
+                let drop_database = async {
+                    if let Ok(mut admin) = MySqlConnection::connect(&url).await {
+                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                            .execute(&mut admin)
+                            .await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(10), drop_database).await
+            })
         })
         .join();
     }
 }
 
 // ------------------------------------------------------------ the app
+
+/// The pool settings a test chooses; the others stay as in Rocket.toml.
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    /// Seconds: one connection attempt, and the wait for a pooled connection.
+    pub connect_timeout: f64,
+    /// Seconds: a whole database call.
+    pub query_timeout: f64,
+}
+
+impl PoolSettings {
+    pub fn on(self, figment: Figment) -> Figment {
+        figment
+            .merge(("databases.users.max_connections", self.max_connections))
+            .merge(("databases.users.min_connections", self.min_connections))
+            .merge(("databases.users.connect_timeout", self.connect_timeout))
+            .merge(("databases.users.query_timeout", self.query_timeout))
+    }
+}
 
 /// The service's figment pointed at `url`, quiet, on a free port.
 pub fn figment(url: &str) -> Figment {

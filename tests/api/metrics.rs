@@ -12,8 +12,8 @@ use user_api::db::Db;
 use user_api::error::ErrorCode;
 
 use crate::helpers::{
-    HttpResponse, Nginx, Served, Server, TestDb, client, figment, get, post_json, request, serve,
-    shared_server,
+    HttpResponse, Nginx, PoolSettings, Served, Server, TestDb, client, figment, get, post_json,
+    request, serve, shared_server,
 };
 
 /// One scrape: every sample as `(name, labels) -> value`.
@@ -241,11 +241,13 @@ async fn pool_gauges_and_database_failures_follow_the_database() {
     let db = TestDb::create(&server).await;
     let query_timeout = Duration::from_secs(1);
     let app = serve(
-        figment(&db.url())
-            .merge(("databases.users.max_connections", 3))
-            .merge(("databases.users.min_connections", 1))
-            .merge(("databases.users.query_timeout", 1.0))
-            .merge(("databases.users.connect_timeout", 1.0)),
+        PoolSettings {
+            max_connections: 3,
+            min_connections: 1,
+            connect_timeout: 1.0,
+            query_timeout: 1.0,
+        }
+        .on(figment(&db.url())),
     )
     .await;
     for userid in 1..=5 {
@@ -414,11 +416,13 @@ async fn waits_for_a_connection_are_counted_and_only_those() {
 /// and query timeouts in seconds.
 async fn one_connection_app(db: &TestDb, connect_timeout: f64, query_timeout: f64) -> Served {
     serve(
-        figment(&db.url())
-            .merge(("databases.users.max_connections", 1))
-            .merge(("databases.users.min_connections", 1))
-            .merge(("databases.users.connect_timeout", connect_timeout))
-            .merge(("databases.users.query_timeout", query_timeout)),
+        PoolSettings {
+            max_connections: 1,
+            min_connections: 1,
+            connect_timeout,
+            query_timeout,
+        }
+        .on(figment(&db.url())),
     )
     .await
 }
@@ -483,11 +487,13 @@ async fn a_pool_that_cannot_connect_finds_the_database_down_at_once() {
     let mut server = Server::start_dedicated();
     let db = TestDb::create(&server).await;
     let app = serve(
-        figment(&db.url())
-            .merge(("databases.users.max_connections", 2))
-            .merge(("databases.users.min_connections", 0))
-            .merge(("databases.users.connect_timeout", 1.0))
-            .merge(("databases.users.query_timeout", 10.0)),
+        PoolSettings {
+            max_connections: 2,
+            min_connections: 0,
+            connect_timeout: 1.0,
+            query_timeout: 10.0,
+        }
+        .on(figment(&db.url())),
     )
     .await;
     assert_eq!(get(app.addr, "/users/1").await.unwrap().status, 404);
@@ -542,14 +548,7 @@ async fn one_unanswered_statement_is_enough_to_find_a_stalled_database_down() {
     let db = TestDb::create(&server).await;
     // One connection, so the request below gets the one just used, which
     // is not pinged first (used within the last second).
-    let app = serve(
-        figment(&db.url())
-            .merge(("databases.users.max_connections", 1))
-            .merge(("databases.users.min_connections", 1))
-            .merge(("databases.users.query_timeout", 1.0))
-            .merge(("databases.users.connect_timeout", 1.0)),
-    )
-    .await;
+    let app = one_connection_app(&db, 1.0, 1.0).await;
     let reachable = |s: &Scrape| s.value("user_api_database_reachable", &[]);
     let body = json!({"userid": 1, "username": "before"});
     assert_eq!(

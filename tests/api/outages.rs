@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::helpers::{
-    CountingProxy, HttpResponse, Served, Server, TestDb, figment, get, post_json, request, serve,
-    shared_server,
+    CountingProxy, HttpResponse, PoolSettings, Served, Server, TestDb, figment, get, post_json,
+    request, serve, shared_server,
 };
 
 const FIRST_ANSWER: Duration = Duration::from_millis(3500);
@@ -321,13 +321,15 @@ async fn statements_timing_out_together_start_one_reachability_check() {
     let db = TestDb::create(&server).await;
     let proxy = CountingProxy::start(SocketAddr::from(([127, 0, 0, 1], server.port))).await;
     let app = serve(
-        figment(&format!("mysql://root@{}/{}", proxy.addr, db.name))
-            .merge(("databases.users.max_connections", STATEMENTS as u32))
+        PoolSettings {
+            max_connections: STATEMENTS as u32,
             // No replacement connections to blur the count.
-            .merge(("databases.users.min_connections", 0))
-            .merge(("databases.users.query_timeout", 1.0))
+            min_connections: 0,
             // The check hangs on the held connection for that long.
-            .merge(("databases.users.connect_timeout", 20.0)),
+            connect_timeout: 20.0,
+            query_timeout: 1.0,
+        }
+        .on(figment(&format!("mysql://root@{}/{}", proxy.addr, db.name))),
     )
     .await;
     let mut admin = db.connect().await;
