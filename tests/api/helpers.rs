@@ -335,8 +335,15 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn create(server: &Server) -> TestDb {
+        // The time too: a pid comes back, and with a shared server
+        // (TEST_DATABASE_URL) or a test runner that runs each test in a
+        // process of its own (nextest), so would a pid-and-counter name.
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
         let name = format!(
-            "t{}_{}",
+            "t{}_{}_{micros}",
             std::process::id(),
             SERIAL.fetch_add(1, Ordering::Relaxed)
         );
