@@ -197,6 +197,18 @@ def test_ci_jobs_run_what_they_promise():
     assert "nix run .#up" in runs["newcomer"] and "newcomer.sh seed" in runs["newcomer"]
     assert "newcomer.sh down" in runs["newcomer"]
     assert any(u.startswith("EmbarkStudios/cargo-deny-action@") for u in uses["deny"])
+    assert ci["mutants"]["if"] == "github.event_name == 'pull_request'"
+    assert "bash .ci/run --install-only" in runs["mutants"] and "tests/mutants --in-diff" in runs["mutants"]
+
+
+def test_ci_install_only_installs_and_runs_no_test():
+    """The mutants job relies on it: `.ci/run --install-only` stops before the tests (here,
+    under .ci/run, every package is installed already, so it only checks them)."""
+    result = subprocess.run(
+        ["bash", ".ci/run", "--install-only"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "====" not in result.stdout, "it went on to tests/run"
 
 
 def test_newcomer_runs_the_readmes_curl_commands_verbatim():
