@@ -17,11 +17,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from harness import mariadb
 
 REPO = Path(__file__).resolve().parents[2]
 GITHUB = REPO / ".github"
@@ -201,14 +203,21 @@ def test_ci_jobs_run_what_they_promise():
     assert "bash .ci/run --install-only" in runs["mutants"] and "tests/mutants --in-diff" in runs["mutants"]
 
 
-def test_ci_install_only_installs_and_runs_no_test():
-    """The mutants job relies on it: `.ci/run --install-only` stops before the tests (here,
-    under .ci/run, every package is installed already, so it only checks them)."""
-    result = subprocess.run(
-        ["bash", ".ci/run", "--install-only"], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "====" not in result.stdout, "it went on to tests/run"
+def test_ci_install_only_runs_no_test_and_spares_the_tests_servers():
+    """The mutants job relies on `.ci/run --install-only` stopping before the tests (here, under
+    .ci/run, every package is installed already, so it only checks them). And a MariaDB of the
+    harness outlives it: Debian's init script can `killall mariadbd` (.ci/run says when), and
+    the mutants job and tests/mutants run their servers beside it."""
+    with mariadb.MariaDB.start() as server:
+        mariadb.wait_ready(server)
+        result = subprocess.run(
+            ["bash", ".ci/run", "--install-only"], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "====" not in result.stdout, "it went on to tests/run"
+        time.sleep(1)
+        assert server.running(), server.log()[-2000:]
+        assert server.sql("SELECT 1").strip().endswith("1")
 
 
 def test_newcomer_runs_the_readmes_curl_commands_verbatim():
