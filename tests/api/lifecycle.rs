@@ -274,6 +274,39 @@ async fn a_write_still_held_after_the_apis_own_wait_is_abandoned_with_exit_1() {
     );
 }
 
+/// A server that cannot start says why on its last line, and exits 1: the
+/// port is taken, or Rocket refuses a setting (read after the database
+/// fairing, so the database is there).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_port_or_a_refused_setting_stops_it_with_the_reason() {
+    let db = TestDb::create(shared_server()).await;
+    let url = db.url();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port().to_string();
+    for (setting, value, reason) in [
+        (
+            "ROCKET_PORT",
+            taken_port.as_str(),
+            "stopped: cannot listen: ",
+        ),
+        (
+            "ROCKET_KEEP_ALIVE",
+            "forever",
+            "stopped: invalid configuration: ",
+        ),
+    ] {
+        let mut api = ApiProcess::spawn(&[("DATABASE_URL", url.as_str()), (setting, value)]);
+        let code = api.wait_exit(Duration::from_secs(30)).await;
+        let logs = api.logs();
+        assert_eq!(code, Some(1), "{setting}={value}: {logs}");
+        let last = logs.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(reason) && last.len() > last.find(reason).unwrap() + reason.len(),
+            "{setting}={value}: the last line gives no reason: {logs}"
+        );
+    }
+}
+
 /// After a stop the pool's connections are closed politely (`COM_QUIT`),
 /// not dropped with the process: the server counts a connection dropped
 /// without one as an aborted client. A server of its own, so that no other
