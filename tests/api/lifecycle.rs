@@ -8,8 +8,8 @@ use sqlx::Connection;
 use sqlx::mysql::MySqlConnection;
 
 use crate::helpers::{
-    ApiProcess, Server, TestDb, figment, free_port, get, post_json, request, secret_file, serve,
-    shared_server,
+    ApiProcess, HttpResponse, Server, TestDb, figment, free_port, get, post_json, request,
+    secret_file, serve, shared_server,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,18 +176,8 @@ async fn sigterm_finishes_requests_in_flight_then_exits_0() {
     let mut api = ApiProcess::spawn(&[("DATABASE_URL", &db.url())]);
     api.wait_healthy(Duration::from_secs(30)).await;
 
-    // Hold the table so that the next insert is still in flight at SIGTERM.
-    let mut blocker = db.connect().await;
-    sqlx::query("LOCK TABLES users WRITE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let (mut blocker, in_flight) = sigterm_while_a_write_waits(&api, &db, 77, "late").await;
     let addr = api.addr();
-    let in_flight = tokio::spawn(async move {
-        post_json(addr, "/users", &json!({"userid": 77, "username": "late"})).await
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    api.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     sqlx::query("UNLOCK TABLES")
         .execute(&mut blocker)
@@ -222,20 +212,34 @@ async fn a_write_held_past_rockets_shutdown_wait(db: &TestDb) -> (ApiProcess, My
         ("ROCKET_SHUTDOWN", "{grace=2,mercy=0}"),
     ]);
     api.wait_healthy(Duration::from_secs(30)).await;
+    // Its client is cut off at the end of the grace period: only the write
+    // itself is checked.
+    let (blocker, _client) = sigterm_while_a_write_waits(&api, db, 78, "later").await;
+    (api, blocker)
+}
+
+/// Holds the users table (the returned session: `UNLOCK TABLES` lets the
+/// write go on), sends a create that waits for it, then SIGTERM.
+async fn sigterm_while_a_write_waits(
+    api: &ApiProcess,
+    db: &TestDb,
+    userid: u32,
+    username: &str,
+) -> (
+    MySqlConnection,
+    tokio::task::JoinHandle<std::io::Result<HttpResponse>>,
+) {
     let mut blocker = db.connect().await;
     sqlx::query("LOCK TABLES users WRITE")
         .execute(&mut blocker)
         .await
         .unwrap();
     let addr = api.addr();
-    // Its client is cut off at the end of the grace period: only the write
-    // itself is checked.
-    tokio::spawn(async move {
-        post_json(addr, "/users", &json!({"userid": 78, "username": "later"})).await
-    });
+    let body = json!({"userid": userid, "username": username});
+    let in_flight = tokio::spawn(async move { post_json(addr, "/users", &body).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     api.signal("TERM");
-    (api, blocker)
+    (blocker, in_flight)
 }
 
 #[tokio::test(flavor = "multi_thread")]
