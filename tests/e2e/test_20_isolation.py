@@ -184,7 +184,11 @@ def test_a_small_load_stays_well_below_the_memory_and_pids_limits(stack, record)
         statuses[code] = statuses.get(code, 0) + 1
     record(f"load: burst 500 (16+8 parallel) + paced 128 (4 clients); statuses {statuses}")
     assert not [c for c in burst + paced if c >= 500 or c == 0], f"5xx or no answer: {statuses}"
-    assert 200 in burst and 201 in burst, f"no request of the burst succeeded: {statuses}"
+    # One bucket per client for reads and writes alike: which of them get its 41 tokens (burst
+    # 40, nodelay, + 1) and the refills depends on who arrives first (once, on a loaded machine,
+    # every write of the burst came after the reads had drained it: 152 x 200, 0 x 201).
+    through = [c for c in burst if c in (200, 201)]
+    assert len(through) >= 41, f"fewer than the limiter's burst got through: {statuses}"
     assert set(paced) <= {200, 201}, f"the paced clients (below the rate limit) got {statuses}"
 
     problems = []
