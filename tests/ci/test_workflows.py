@@ -204,10 +204,10 @@ def test_ci_jobs_run_what_they_promise():
 
 
 def test_ci_install_only_runs_no_test_and_spares_the_tests_servers():
-    """The mutants job relies on `.ci/run --install-only` stopping before the tests (here, under
-    .ci/run, every package is installed already, so it only checks them). And a MariaDB of the
-    harness outlives it: Debian's init script can `killall mariadbd` (.ci/run says when), and
-    the mutants job and tests/mutants run their servers beside it."""
+    """The mutants job relies on `.ci/run --install-only` stopping before the tests, with the
+    forky root ready (here, under .ci/run, every package and the root are there already, so it
+    only checks them). And a MariaDB of the harness outlives it: tests/mutants runs its server
+    beside it."""
     with mariadb.MariaDB.start() as server:
         mariadb.wait_ready(server)
         result = subprocess.run(
@@ -215,6 +215,7 @@ def test_ci_install_only_runs_no_test_and_spares_the_tests_servers():
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "====" not in result.stdout, "it went on to tests/run"
+        assert "forky root ready" in result.stdout, result.stdout
         time.sleep(1)
         assert server.running(), server.log()[-2000:]
         assert server.sql("SELECT 1").strip().endswith("1")

@@ -8,7 +8,9 @@ end-to-end tests need is started here, and nowhere else:
 - ``nginx``: an nginx instance running ``nginx/nginx.conf`` unchanged, with
   its own include files next to it;
 - ``compose``: a docker compose project of ``docker-compose.yml``;
-- ``images``: the stand-in images for the Nix ones, where Nix cannot run.
+- ``images``: the stand-in images for the Nix ones, where Nix cannot run;
+- ``toolchain``: production's versions of the servers (and Nix), from a Debian
+  forky root built once per machine; ``procs.program`` finds them there.
 
 Python callers import these modules; the Rust tests (``tests/api``) and Nix
 call the same code through ``python3 -m harness`` (see ``__main__``).

@@ -4,6 +4,8 @@
     python3 -m harness nginx --upstream HOST:PORT [--file NAME=PATH]...
     python3 -m harness nginx-check [--file NAME=PATH]...
     python3 -m harness free-port
+    python3 -m harness toolchain     # build (or find) the forky root; print its bin directory
+    python3 -m harness versions      # the servers' versions the harness runs now, one line
 
 ``mariadb`` and ``nginx`` print one JSON line describing the server once it
 is ready, then obey commands on stdin, one per line, each answered by a JSON
@@ -18,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import mariadb, nginx, ports
+from . import mariadb, nginx, ports, toolchain
 
 
 def _say(**fields):
@@ -83,6 +85,8 @@ def main():
     c = sub.add_parser("nginx-check")
     c.add_argument("--file", action="append", metavar="NAME=PATH")
     sub.add_parser("free-port")
+    sub.add_parser("toolchain")
+    sub.add_parser("versions")
     args = parser.parse_args()
     try:
         if args.what == "mariadb":
@@ -93,6 +97,10 @@ def main():
             result = nginx.check(_files(args.file))
             sys.stderr.write(result.stderr)
             sys.exit(result.returncode)
+        elif args.what == "toolchain":
+            print(toolchain.build() / "bin")
+        elif args.what == "versions":
+            print(toolchain.describe())
         else:
             print(ports.free_port())
     except (RuntimeError, FileNotFoundError, ValueError) as e:

@@ -2,9 +2,10 @@
 
 The stack is meant to run the images the Nix flake builds (``nix run .#load``). Where Nix cannot
 run (CI), :func:`build_stand_ins` builds **stand-ins** from this machine's own files: the release
-binary ``target/release/user-api``, Debian's nginx, busybox-static and MariaDB 10.11, and for the
-compose profile ``monitoring`` Debian's prometheus, prometheus-nginx-exporter and
-prometheus-mysqld-exporter. Grafana has no stand-in: it is packaged neither for Debian nor on
+binary ``target/release/user-api`` with the host's libraries, and from the servers' root
+(:mod:`harness.toolchain`: production's versions in the Debian forky root, or the host's own with
+``USER_API_TOOLCHAIN=path``) nginx, busybox-static and MariaDB, and for the compose profile
+``monitoring`` prometheus, prometheus-nginx-exporter and prometheus-mysqld-exporter. Grafana has no stand-in: it is packaged neither for Debian nor on
 PyPI, so the e2e starts the profile without it (:data:`NO_STAND_IN`). They keep
 the runtime contract of their Nix twins, read from ``nix/contract.json`` (the one statement of
 it): user, entrypoint, cmd, exposed ports, env, stop signal, healthcheck, the nginx config
@@ -21,7 +22,7 @@ config files, scripts, directories).
 real Nix images) and lists every difference from the contract.
 
 Standard library only; needs the ``docker`` CLI, ``ldd`` and, for the stand-ins, Debian's
-``nginx``, ``busybox-static`` and ``mariadb-server`` packages.
+``nginx``, ``busybox-static`` and ``mariadb-server`` packages in the servers' root.
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from . import toolchain
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACT_FILE = REPO / "nix" / "contract.json"
@@ -113,10 +115,35 @@ class _Entry:
     target: str | None = None
 
 
+def resolve(root: Path, path: str) -> Path:
+    """``path`` as a process chrooted in ``root`` sees it, every link followed inside ``root``
+    (``os.path.realpath`` would follow an absolute link, /etc/alternatives/awk, out to the host)."""
+    pending, current, hops = list(Path(path).parts[1:]), root, 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            current = current.parent if current != root else root
+            continue
+        candidate = current / part
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise OSError(f"{path}: too many levels of links in {root}")
+            target = os.readlink(candidate)
+            pending = list(Path(target).parts[1 if target.startswith("/") else 0:]) + pending
+            if target.startswith("/"):
+                current = root
+        else:
+            current = candidate
+    return current
+
+
 @dataclass
 class Layer:
-    """The entries of one layer tar; parents are created as needed (0755, root)."""
+    """The entries of one layer tar; parents are created as needed (0755, root). Sources are
+    read from ``root``: the servers' (the forky root), or the host's / for the API."""
 
+    root: Path = Path("/")
     entries: dict[str, _Entry] = field(default_factory=dict)
 
     def _parents(self, path: str):
@@ -144,17 +171,17 @@ class Layer:
         self.entries[p] = _Entry("link", 0o777, target=target)
 
     def binary(self, src: str, dest: str | None = None):
-        """An executable (links resolved) at ``dest`` (default: its host path), with every shared
-        library it loads and the dynamic loader, at their host paths."""
-        self.file(dest or src, src=os.path.realpath(src), mode=0o755)
-        for lib in shared_libraries(src):
+        """An executable of the layer's root (links resolved) at ``dest`` (default: its path
+        there), with every shared library it loads and the dynamic loader, at their paths."""
+        self.file(dest or src, src=resolve(self.root, src), mode=0o755)
+        for lib in shared_libraries(src, self.root):
             p = _in_root(lib)
             if p not in self.entries:
-                self.file(lib, src=os.path.realpath(lib), mode=0o755)
+                self.file(lib, src=resolve(self.root, lib), mode=0o755)
 
     def tree(self, src: str, dest: str | None = None):
-        """A host directory tree, files 0644 (0755 if executable), links kept."""
-        base = Path(src)
+        """A directory tree of the layer's root, files 0644 (0755 if executable), links kept."""
+        base = resolve(self.root, src)
         dest = dest or src
         for dirpath, dirnames, filenames in os.walk(base):
             rel = Path(dirpath).relative_to(base)
@@ -187,9 +214,11 @@ class Layer:
                     tar.addfile(ti, io.BytesIO(data))
 
 
-def shared_libraries(binary: str) -> list[str]:
-    """The absolute paths ``ldd`` lists (libraries and the loader); none for a static binary."""
-    r = subprocess.run(["ldd", binary], capture_output=True, text=True)
+def shared_libraries(binary: str, root: Path = Path("/")) -> list[str]:
+    """The absolute paths ``ldd`` lists (libraries and the loader) as ``root`` sees them (ldd
+    runs chrooted there: its own loader decides); none for a static binary."""
+    argv = ["ldd", binary] if root == Path("/") else ["chroot", str(root), "/usr/bin/ldd", binary]
+    r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:  # "not a dynamic executable"
         return []
     libs = []
@@ -202,9 +231,9 @@ def shared_libraries(binary: str) -> list[str]:
     return libs
 
 
-def base_layer() -> Layer:
-    """An empty usr-merged root."""
-    layer = Layer()
+def base_layer(root: Path) -> Layer:
+    """An empty usr-merged root, its programs read from ``root``."""
+    layer = Layer(root)
     for d in ("usr/bin", "usr/sbin", "usr/lib", "usr/lib64"):
         layer.dir(d)
     for name in ("bin", "sbin", "lib", "lib64"):
@@ -307,27 +336,31 @@ def _config(c: dict, title: str, **extra) -> dict:
     return config
 
 
-def _require(path: str, package: str):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: install Debian's {package} package "
+def _require(path: str, package: str) -> Path:
+    """The servers' root, once it holds ``path``."""
+    root = toolchain.root()
+    if not resolve(root, path).exists():
+        where = "" if root == Path("/") else f" in {root} (tests/harness/toolchain.py PACKAGES)"
+        raise FileNotFoundError(f"{path} is missing{where}: install Debian's {package} package "
                                 f"(apt-get install {package})")
+    return root
 
 
 def api_image(c: dict, api_bin: Path) -> tuple[list[Layer], dict]:
     if not os.access(api_bin, os.X_OK):
         raise FileNotFoundError(f"API binary {api_bin} not found: run `cargo build --release` "
                                 "first (or set E2E_API_BIN)")
-    libs = base_layer()
+    libs = base_layer(Path("/"))  # built here, against the host's libraries
     libs.binary(str(api_bin), c["entrypoint"][0])
     return [libs, users_layer()], _config(c, "user-api (stand-in)")
 
 
 def proxy_image(c: dict) -> tuple[list[Layer], dict]:
-    _require("/usr/sbin/nginx", "nginx")
+    root = _require("/usr/sbin/nginx", "nginx")
     _require("/bin/busybox", "busybox-static")
     nginx_bin, conf_dir = c["entrypoint"][0], c["configDir"]
     wget = c["healthcheck"][1]
-    libs = base_layer()
+    libs = base_layer(root)
     libs.binary("/usr/sbin/nginx", nginx_bin)
     libs.binary("/bin/busybox", "/bin/busybox")
     custom = users_layer()
@@ -341,20 +374,21 @@ def proxy_image(c: dict) -> tuple[list[Layer], dict]:
 
 
 def db_image(c: dict) -> tuple[list[Layer], dict]:
-    _require("/usr/sbin/mariadbd", "mariadb-server")
-    libs = base_layer()
+    root = _require("/usr/sbin/mariadbd", "mariadb-server")
+    libs = base_layer(root)
     libs.binary("/usr/bin/bash")
     libs.binary("/usr/bin/dash", "/usr/bin/sh")
     for tool in DB_TOOLS:
-        path = shutil.which(tool)
+        path = next((f"{d}/{tool}" for d in ("/usr/bin", "/usr/sbin")
+                     if resolve(root, f"{d}/{tool}").exists()), None)
         if not path:
-            raise FileNotFoundError(f"{tool} is not on PATH (needed in the db stand-in)")
+            raise FileNotFoundError(f"{tool} is not in {root} (needed in the db stand-in)")
         libs.binary(path, f"/usr/bin/{tool}")
     libs.link("/usr/bin/awk", "mawk")
     libs.binary("/usr/sbin/mariadbd")
     for client in DB_CLIENTS:
         libs.binary(f"/usr/bin/{client}")
-    libs.file("/usr/bin/mariadb-install-db", src="/usr/bin/mariadb-install-db", mode=0o755)
+    libs.file("/usr/bin/mariadb-install-db", src=resolve(root, "/usr/bin/mariadb-install-db"), mode=0o755)
     libs.tree("/usr/share/mysql")
     custom = users_layer({"mysql": (c["uid"], c["gid"], c["dataDir"])})
     # The same two scripts the Nix image installs, under the names of the contract.
@@ -374,9 +408,9 @@ def db_image(c: dict) -> tuple[list[Layer], dict]:
 def _monitoring_layers(c: dict, program: str, dest: str) -> tuple[Layer, Layer]:
     """The shape of the Nix monitoring images: the program at ``dest``, busybox as /bin/wget
     for the healthcheck, users, and the data directory (if any) owned by the image's user."""
-    _require(program, program.rsplit("/", 1)[-1])
+    root = _require(program, program.rsplit("/", 1)[-1])
     _require("/bin/busybox", "busybox-static")
-    libs = base_layer()
+    libs = base_layer(root)
     libs.binary(program, dest)
     libs.binary("/bin/busybox", "/bin/busybox")
     custom = users_layer()
@@ -395,7 +429,7 @@ def _monitoring_config(c: dict, title: str) -> dict:
 def prometheus_image(c: dict) -> tuple[list[Layer], dict]:
     libs, custom = _monitoring_layers(c, "/usr/bin/prometheus", c["entrypoint"][0])
     # Debian's build serves its web UI from here; the API and /-/ready do not need it.
-    if os.path.isdir("/usr/share/prometheus/web"):
+    if resolve(libs.root, "/usr/share/prometheus/web").is_dir():
         libs.tree("/usr/share/prometheus/web")
     for path, source in config_files("prometheus", c).items():
         custom.file(path, src=source)

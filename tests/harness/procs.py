@@ -50,8 +50,14 @@ def stop(process: subprocess.Popen, sig=signal.SIGTERM, within: float = 30) -> i
 
 
 def program(name: str) -> str:
-    """A server program by name: PATH first, then the sbin directories a
-    non-root PATH often lacks (Debian installs mariadbd and nginx there)."""
+    """A server program by name: the forky root's when that is in use
+    (``toolchain``), else PATH, then the sbin directories a non-root PATH
+    often lacks (Debian installs mariadbd and nginx there)."""
+    from . import toolchain
+
+    wrapped = toolchain.wrapper(name)
+    if wrapped:
+        return wrapped
     path = os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin:/sbin"
     found = shutil.which(name, path=path)
     if not found:
