@@ -344,7 +344,8 @@ init_database() {
   : >"$IN_PROGRESS"
   log "initialising an empty data directory in $DATADIR"
 
-  # --basedir: where share/mysql and the helper binaries live. Debian: /usr (mariadbd in /usr/sbin);
+  # --basedir: where share/mysql (share/mariadb in Debian's 11.x) and the helper binaries live.
+  # Debian: /usr (mariadbd in /usr/sbin);
   # Nix: the store path (mariadbd in bin/). DB_BASEDIR overrides the guess.
   mariadbd_path="$(readlink -f "$(command -v mariadbd)")"
   basedir="${DB_BASEDIR:-$(dirname "$(dirname "$mariadbd_path")")}"

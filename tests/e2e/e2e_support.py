@@ -19,7 +19,7 @@ FAIL_FAST_WITHIN = 0.1     # ... once the API already knows the database is down
 BACK_WITHIN = 5.0          # service back after the database is healthy again
 DB_ERRORS = {"database_unavailable", "database_interrupted"}
 
-# MariaDB's own log lines (10.11; the same words since 10.x).
+# MariaDB's own log lines (the same words from 10.x to 11.8).
 CRASH_RECOVERY = "crash recovery"          # "InnoDB: Starting crash recovery from checkpoint"
 NORMAL_SHUTDOWN = "Normal shutdown"        # "mariadbd (initiated by: ...): Normal shutdown"
 SHUTDOWN_COMPLETE = "Shutdown complete"    # "mariadbd: Shutdown complete"

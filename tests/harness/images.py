@@ -182,6 +182,8 @@ class Layer:
     def tree(self, src: str, dest: str | None = None):
         """A directory tree of the layer's root, files 0644 (0755 if executable), links kept."""
         base = resolve(self.root, src)
+        if not base.is_dir():
+            raise FileNotFoundError(f"{src} is not a directory in {self.root}")
         dest = dest or src
         for dirpath, dirnames, filenames in os.walk(base):
             rel = Path(dirpath).relative_to(base)
@@ -389,7 +391,13 @@ def db_image(c: dict) -> tuple[list[Layer], dict]:
     for client in DB_CLIENTS:
         libs.binary(f"/usr/bin/{client}")
     libs.file("/usr/bin/mariadb-install-db", src=resolve(root, "/usr/bin/mariadb-install-db"), mode=0o755)
-    libs.tree("/usr/share/mysql")
+    # The SQL files and messages mariadb-install-db and mariadbd read: share/mysql up to 10.x,
+    # share/mariadb in Debian's 11.x.
+    shares = [d for d in ("/usr/share/mysql", "/usr/share/mariadb") if resolve(root, d).is_dir()]
+    if not shares:
+        raise FileNotFoundError(f"neither /usr/share/mysql nor /usr/share/mariadb is in {root}")
+    for share in shares:
+        libs.tree(share)
     custom = users_layer({"mysql": (c["uid"], c["gid"], c["dataDir"])})
     # The same two scripts the Nix image installs, under the names of the contract.
     custom.file(c["entrypoint"][0], src=REPO / "db" / "entrypoint.sh", mode=0o755)
