@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # nix/tests/check.sh: what a machine without a Nix store or binary cache can prove about the
-# flake (see nix/README.md). Needs nix-instantiate and nix (Debian's nix-bin 2.8 is enough here;
-# real nixpkgs needs Nix >= 2.18);
+# flake (see nix/README.md). Needs nix-instantiate and nix >= 2.18 (tests/run puts Nix 2.34 from
+# the tests' Debian forky root first on PATH: tests/harness/toolchain.py);
 # installs nothing. Uses python3 with PyYAML and shellcheck when present, and says when not.
 #
 #   1. every git-tracked .nix file parses (nix-instantiate --parse);
@@ -10,8 +10,7 @@
 #      all four systems) evaluates to a derivation against the stand-in for nixpkgs in
 #      nix/tests/stand-in (`--override-input nixpkgs`), which rejects unknown arguments, missing
 #      attributes and missing files, and what real nixpkgs rejects (see its pkgs.nix header);
-#      then `nix flake check --no-build`; notes nixos-26.05's x86_64-darwin warning and that
-#      real nixpkgs needs Nix >= 2.18;
+#      then `nix flake check --no-build`; notes nixos-26.05's x86_64-darwin warning;
 #   4. the images' config against nix/contract.json, docker-compose.yml and nginx.conf's
 #      includes (nix/tests/image_contract.py, the script checks.<system>.image-config runs
 #      under Nix); every k8s overlay renders (kubectl kustomize, when installed) from the source
@@ -237,7 +236,7 @@ else
   bad "stand-in: no x86_64-darwin deprecation warning"
 fi
 nix_version="$(nix --version | awk '{print $NF}')"
-echo "note: real nixpkgs refuses Nix < 2.18 (lib/minver.nix); this is Nix $nix_version, and the stand-in does not check"
+echo "note: this is Nix $nix_version; nixpkgs and the stand-in refuse Nix < 2.18 (lib/minver.nix)"
 
 # ---- 4. image config vs contract and compose ----------------------------------------------------
 if python3 -c 'import yaml' >/dev/null 2>&1; then

@@ -9,6 +9,15 @@
     { self }:
     let
       lib = import ./lib.nix;
+      # nixpkgs' default.nix (which its flake's legacyPackages imports) refuses a Nix older than
+      # lib/minver.nix ("2.18.0" in nixos-26.05), with this message.
+      requiredVersion = "2.18.0";
+      checkNix =
+        pkgs:
+        if !builtins ? nixVersion || builtins.compareVersions requiredVersion builtins.nixVersion == 1 then
+          abort "This version of Nixpkgs requires Nix >= ${requiredVersion}, please upgrade!"
+        else
+          pkgs;
     in
     {
       inherit lib;
@@ -17,6 +26,6 @@
         "aarch64-linux"
         "x86_64-darwin"
         "aarch64-darwin"
-      ] (system: import ./pkgs.nix { inherit lib system; });
+      ] (system: checkNix (import ./pkgs.nix { inherit lib system; }));
     };
 }

@@ -26,8 +26,8 @@
 #                             release to support x86_64-darwin; see ..." whenever its package set
 #                             for x86_64-darwin is evaluated (unless config.allowDeprecatedx86_64Darwin);
 #                             the stand-in prints the same line there (builtins.trace)
-# Not reproduced: lib/minver.nix (nixpkgs refuses Nix < 2.18; this stand-in must run on Debian's
-# Nix 2.8, so check.sh only reports the version).
+# lib/minver.nix: flake.nix beside this file refuses Nix < 2.18.0 as nixpkgs' default.nix does
+# (check.sh runs Nix 2.34 from the tests' forky root).
 #   rustPlatform, dockerTools see rust.nix and docker-tools.nix
 # Attribute names (top-level): mariadb_114 (pkgs/top-level/all-packages.nix: `mariadb =
 # mariadb_114`), prometheus, grafana, prometheus-nginx-exporter, prometheus-mysqld-exporter,
