@@ -6,6 +6,7 @@
 - a corrupted, truncated, cut-short or unchecksummed file is refused before anything changes;
   a database with data is not overwritten without --force, nor while the API is connected;
 - a backup of an older schema (no _sqlx_migrations) restores, and the API migrates it forward;
+- a backup written by MariaDB 10.11 (tests/e2e/fixtures) restores into the running 11.x;
 - a volume without the backup account (made before backups existed) gets it at its next start,
   with only the read grants; retention by count and age;
 - 100,000 users: backup and restore time and size (recorded in the `measured` section).
@@ -17,6 +18,7 @@ import gzip
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -282,6 +284,32 @@ def test_an_older_schema_backup_restores_and_migrates_forward(bk, record):
     r = requests.post(bk.url("/users"), json={"userid": 777_777, "username": "newer"}, timeout=10)
     assert r.status_code == 201, f"after the migrated restore: {r.status_code} {r.text}"
     record(f"older-schema backup (no _sqlx_migrations): restored, the API applied {applied}")
+
+
+# A backup written by the db image of MariaDB 10.11 (Debian bookworm's, the stand-in before the
+# test bench moved to production's versions): mariadb-dump 10.11.19 with backup.sh's flags, of a
+# database the API had migrated and written four users to (one with non-ASCII letters).
+OLD_SERVER_DUMP = Path(__file__).resolve().parent / "fixtures" / "user_api-20261205T143151Z.sql.gz"
+OLD_SERVER_USERS = {1: "Old user 1", 2: "Old user 2", 3: "Old user 3", 4: "Ünïcode ✓ 名前"}
+
+
+def test_a_backup_from_mariadb_10_11_restores_into_the_running_server(bk, record):
+    version = root_sql(bk, "SELECT VERSION();").strip()
+    dump = gzip.decompress(OLD_SERVER_DUMP.read_bytes()).decode()
+    assert "Distrib 10.11." in dump.splitlines()[1], dump.splitlines()[:2]
+    for f in (OLD_SERVER_DUMP, OLD_SERVER_DUMP.with_name(OLD_SERVER_DUMP.name + ".sha256")):
+        target = bk.dir / "backups" / f.name
+        shutil.copyfile(f, target)
+        os.chown(target, 999, 999)
+    bk.compose("stop", "api")
+    try:
+        restore(bk, OLD_SERVER_DUMP, "--force")
+    finally:
+        restart_api(bk)
+    assert e2e.all_users(bk.base_url) == OLD_SERVER_USERS
+    r = requests.post(bk.url("/users"), json={"userid": 5, "username": "after"}, timeout=10)
+    assert r.status_code == 201, r.text
+    record(f"a MariaDB 10.11 backup restored into {version}: {len(OLD_SERVER_USERS)} users back")
 
 
 def test_a_volume_without_the_backup_account_gets_it_at_the_next_start(bk, record):
