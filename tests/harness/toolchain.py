@@ -95,8 +95,13 @@ def mode() -> str:
 
 def key() -> str:
     """Names the root: a new package list or suite builds a new one."""
-    text = json.dumps([SUITE, APT_OPTIONS, sorted(PACKAGES), CUSTOMIZE, sorted(PROGRAMS.items()),
-                       _ENTER_SCRIPT])
+    text = json.dumps([SUITE, APT_OPTIONS, sorted(PACKAGES), CUSTOMIZE])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _wrappers_key() -> str:
+    """Names the wrappers: rewritten (in seconds, the root kept) when they change."""
+    text = json.dumps([sorted(PROGRAMS.items()), _ENTER_SCRIPT, sorted(SYSTEM_DIRS), HOST_FILES])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -125,7 +130,9 @@ for file in $HOST_FILES; do
     mount --bind "$file" "$root$file"
   fi
 done
-exec chroot "$root" "$@"
+# chroot starts in /: back to the caller's working directory (bound above), so that relative
+# paths mean what they mean outside.
+exec chroot "$root" /bin/sh -c 'cd "$1" 2>/dev/null || cd /; shift; exec "$@"' sh "$PWD" "$@"
 """
 
 
@@ -156,11 +163,18 @@ def _one_line(output: str) -> str:
     return errors[-1] if errors else (output.strip().splitlines() or ["no output"])[-1]
 
 
+def _current(target: Path) -> bool:
+    try:
+        return (target / "ready").read_text() == _wrappers_key()
+    except OSError:
+        return False
+
+
 def build(cache: Path = CACHE, packages=PACKAGES, needed_bytes: int = NEEDED_BYTES) -> Path:
     """The root's home (``root/``, ``bin/``), built if missing; raises :class:`ToolchainError`."""
     target = cache / f"{SUITE}-{key()}" if packages == PACKAGES else \
         cache / f"{SUITE}-custom-{hashlib.sha256(' '.join(packages).encode()).hexdigest()[:12]}"
-    if (target / "ready").exists():
+    if _current(target):
         return target
     if os.geteuid() != 0:
         raise ToolchainError("the forky root needs root (mmdebstrap, mount namespaces, chroot); "
@@ -172,38 +186,53 @@ def build(cache: Path = CACHE, packages=PACKAGES, needed_bytes: int = NEEDED_BYT
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f"{SUITE}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "ready").exists():  # built by another process meanwhile
+        if _current(target):  # built by another process meanwhile
             return target
-        free = shutil.disk_usage(cache).free
-        if free < needed_bytes:
-            raise ToolchainError(f"no space for the {SUITE} root: {free / 1e9:.1f} GB free in "
-                                 f"{cache}, it needs {needed_bytes / 1e9:.1f} GB")
-        shutil.rmtree(target, ignore_errors=True)
-        (target / "bin").mkdir(parents=True)
-        argv = ["mmdebstrap", "--variant=apt",
-                *(f"--aptopt={o}" for o in APT_OPTIONS),
-                *(f"--customize-hook={hook}" for hook in CUSTOMIZE),
-                f"--include={','.join(packages)}", SUITE, str(target / "root")]
-        out = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if out.returncode != 0:
-            shutil.rmtree(target, ignore_errors=True)
-            raise ToolchainError(f"building the {SUITE} root failed: "
-                                 f"{_one_line(out.stdout + out.stderr)}")
-        enter = target / "bin" / ".enter"
-        enter.write_text(_ENTER_SCRIPT)
-        for name, path in PROGRAMS.items():
-            if not (target / "root" / path.lstrip("/")).exists():
-                shutil.rmtree(target, ignore_errors=True)
-                raise ToolchainError(f"{path} is not in the {SUITE} root: PROGRAMS names a "
-                                     "program no package in PACKAGES installs")
-            wrapper = target / "bin" / name
-            wrapper.write_text(_wrapper(target / "root", enter, path))
-            wrapper.chmod(0o755)
-        (target / "ready").touch()
+        if not (target / "ready").exists():
+            _build_root(target, packages, needed_bytes)
+        _write_wrappers(target)
+        (target / "ready").write_text(_wrappers_key())
         for old in cache.glob(f"{SUITE}-*"):  # earlier package lists' roots
             if old != target and old.is_dir() and not old.name.startswith(f"{SUITE}-custom-"):
                 shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _build_root(target: Path, packages, needed_bytes: int):
+    free = shutil.disk_usage(target.parent).free
+    if free < needed_bytes:
+        raise ToolchainError(f"no space for the {SUITE} root: {free / 1e9:.1f} GB free in "
+                             f"{target.parent}, it needs {needed_bytes / 1e9:.1f} GB")
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    argv = ["mmdebstrap", "--variant=apt",
+            *(f"--aptopt={o}" for o in APT_OPTIONS),
+            *(f"--customize-hook={hook}" for hook in CUSTOMIZE),
+            f"--include={','.join(packages)}", SUITE, str(target / "root")]
+    out = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if out.returncode != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        raise ToolchainError(f"building the {SUITE} root failed: "
+                             f"{_one_line(out.stdout + out.stderr)}")
+
+
+def _write_wrappers(target: Path):
+    """bin/: the enter script and one wrapper per program, each replaced by a rename, so that a
+    process starting a server meanwhile runs a whole file, old or new."""
+    bin_dir = target / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    enter = bin_dir / ".enter"
+    files = {".enter": _ENTER_SCRIPT}
+    for name, path in PROGRAMS.items():
+        if not (target / "root" / path.lstrip("/")).exists():
+            raise ToolchainError(f"{path} is not in the {SUITE} root: PROGRAMS names a program "
+                                 "no package in PACKAGES installs")
+        files[name] = _wrapper(target / "root", enter, path)
+    for name, text in files.items():
+        partial = bin_dir / f".{name}.partial"
+        partial.write_text(text)
+        partial.chmod(0o755)
+        partial.replace(bin_dir / name)
 
 
 def active_home() -> Path | None:
