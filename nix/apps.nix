@@ -1,4 +1,5 @@
-# `nix run .#load` and `nix run .#up`. Both use the container engine already on the machine
+# `nix run .#load`, `nix run .#up` and `nix run .#deploy` (nix/deploy.sh: a rolling deploy of the
+# api, one replica at a time). load and up use the container engine already on the machine
 # (docker, or podman where that is what exists; CONTAINER_ENGINE=... picks one explicitly).
 # Both take `--monitoring`: also the four images of the compose profile `monitoring`
 # (Prometheus, Grafana, the nginx and mysqld exporters), and for `up` the profile itself.
@@ -6,6 +7,7 @@
   lib,
   writeShellApplication,
   coreutils,
+  bash,
   images,
 }:
 let
@@ -147,9 +149,22 @@ let
       fi
     '';
   };
+
+  # The script the e2e runs as it is (tests/e2e/test_80_replicas.py), on this flake's compose file
+  # and the current directory's project, like `up`. docker only: it reads container health.
+  deploy = writeShellApplication {
+    name = "user-api-deploy";
+    runtimeInputs = [
+      coreutils
+      bash
+    ];
+    text = ''
+      exec bash ${./deploy.sh} -f ${../docker-compose.yml} --project-directory "$PWD" "$@"
+    '';
+  };
 in
 {
-  inherit load up;
+  inherit load up deploy;
   apps = {
     load = {
       type = "app";
@@ -160,6 +175,11 @@ in
       type = "app";
       program = lib.getExe up;
       meta.description = "Load the images, create ./secrets if missing, and docker compose up --wait (--monitoring: with the monitoring profile)";
+    };
+    deploy = {
+      type = "app";
+      program = lib.getExe deploy;
+      meta.description = "Replace every running api replica, one at a time, by one on the image compose names now (a rolling deploy)";
     };
   };
 }

@@ -105,17 +105,18 @@ in
         touch "$out"
       '';
 
-  # The db and mysqld-exporter images run these scripts verbatim; info-level notes are not
-  # failures.
+  # The db and mysqld-exporter images run these scripts verbatim, the deploy app runs
+  # nix/deploy.sh; info-level notes are not failures.
   db-scripts = runCommand "user-api-db-scripts-shellcheck" { nativeBuildInputs = [ shellcheck ]; } ''
     shellcheck --severity=warning ${../db/entrypoint.sh} ${../db/healthcheck.sh} ${../db/backup.sh} \
-      ${../monitoring/mysqld-exporter-entrypoint.sh}
+      ${../monitoring/mysqld-exporter-entrypoint.sh} ${./deploy.sh}
     touch "$out"
   '';
 
   # writeShellApplication runs shellcheck on the app scripts when it builds them.
   load-app = apps.load;
   up-app = apps.up;
+  deploy-app = apps.deploy;
 }
 # Building the stream scripts builds each image's final layer (fakeroot, /tmp, ownership).
 // images.outputs

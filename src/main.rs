@@ -4,10 +4,16 @@ use rocket::{Phase, Rocket};
 use rocket_db_pools::Database;
 use user_api::db::Db;
 
-const USAGE: &str = "usage: user-api [healthcheck | --version]
+const USAGE: &str = "usage: user-api [healthcheck | pre-stop SECONDS | --version]
 
-  (no argument)  serve the API (configuration: Rocket.toml, ROCKET_*, DATABASE_*)
-  healthcheck    GET /healthz on the configured port; exit 0 when it answers 200";
+  (no argument)     serve the API (configuration: Rocket.toml, ROCKET_*, DATABASE_*)
+  healthcheck       GET /healthz on the configured port; exit 0 when it answers 200
+  pre-stop SECONDS  wait SECONDS (0-60), then exit 0: a Kubernetes preStop hook, so that the
+                    endpoint is gone from every proxy before the API gets its SIGTERM";
+
+/// The longest pre-stop wait: Kubernetes counts it against the pod's
+/// terminationGracePeriodSeconds, which must still leave the shutdown its time.
+const PRE_STOP_MAX_SECONDS: u64 = 60;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,6 +25,19 @@ fn main() -> ExitCode {
     {
         [] => serve(),
         ["healthcheck"] => user_api::healthcheck::run(),
+        // The image has no shell and no sleep: the hook runs the binary itself.
+        ["pre-stop", seconds] => match pre_stop_wait(seconds) {
+            Some(wait) => {
+                std::thread::sleep(wait);
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!(
+                    "pre-stop: SECONDS must be a whole number from 0 to {PRE_STOP_MAX_SECONDS}, not {seconds:?}"
+                );
+                ExitCode::from(2)
+            }
+        },
         ["--version" | "-V"] => {
             println!("user-api {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -31,6 +50,13 @@ fn main() -> ExitCode {
             eprintln!("{USAGE}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn pre_stop_wait(seconds: &str) -> Option<std::time::Duration> {
+    match seconds.parse::<u64>() {
+        Ok(s) if s <= PRE_STOP_MAX_SECONDS => Some(std::time::Duration::from_secs(s)),
+        _ => None,
     }
 }
 
@@ -92,5 +118,20 @@ fn reason(error: &rocket::error::ErrorKind) -> String {
 async fn close_pool<P: Phase>(rocket: &Rocket<P>) {
     if let Some(db) = Db::fetch(rocket) {
         db.close_after_shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn pre_stop_takes_whole_seconds_from_0_to_60() {
+        assert_eq!(pre_stop_wait("0"), Some(Duration::ZERO));
+        assert_eq!(pre_stop_wait("60"), Some(Duration::from_secs(60)));
+        for wrong in ["61", "-1", "five", "", "1.5"] {
+            assert_eq!(pre_stop_wait(wrong), None, "{wrong:?}");
+        }
     }
 }

@@ -35,8 +35,8 @@ stand_in="$here/stand-in"
 linux_systems=(x86_64-linux aarch64-linux)
 all_systems=(x86_64-linux aarch64-linux x86_64-darwin aarch64-darwin)
 packages=(user-api api-image proxy-image db-image prometheus-image grafana-image nginx-exporter-image mysqld-exporter-image default)
-apps=(load up)
-checks=(user-api clippy rustfmt nginx-config image-config db-scripts k8s-manifests api-image proxy-image db-image prometheus-image grafana-image nginx-exporter-image mysqld-exporter-image load-app up-app)
+apps=(load up deploy)
+checks=(user-api clippy rustfmt nginx-config image-config db-scripts k8s-manifests api-image proxy-image db-image prometheus-image grafana-image nginx-exporter-image mysqld-exporter-image load-app up-app deploy-app)
 
 passed=0
 failed=0
@@ -229,8 +229,11 @@ fi
 if grep -q 'last release to support x86_64-darwin' "$tmp/all.err"; then
   echo "note: the flake evaluates nixpkgs for x86_64-darwin, and nixos-26.05 warns that it is the last release to support it (see nix/README.md, \"x86_64-darwin\")"
 fi
-if nixc eval --impure --expr "(builtins.getFlake \"path:$stand_in\").legacyPackages.x86_64-darwin ? lib" 2>&1 \
-  | grep -q 'last release to support x86_64-darwin'; then
+# Into a file first: `nix ... | grep -q` under pipefail fails whenever grep exits at the warning
+# before nix has written the rest (SIGPIPE), which Nix 2.34 made a race lost now and then.
+nixc eval --impure --expr "(builtins.getFlake \"path:$stand_in\").legacyPackages.x86_64-darwin ? lib" \
+  >"$tmp/darwin.out" 2>&1 || true
+if grep -q 'last release to support x86_64-darwin' "$tmp/darwin.out"; then
   ok "stand-in: x86_64-darwin prints nixos-26.05's deprecation warning"
 else
   bad "stand-in: no x86_64-darwin deprecation warning"
@@ -281,7 +284,7 @@ else
 fi
 
 # ---- 5. scripts -----------------------------------------------------------------------------------
-for app in load up; do
+for app in "${apps[@]}"; do
   if nixc eval --raw --override-input nixpkgs "path:$stand_in" \
     "$repo#checks.x86_64-linux.$app-app.standInScript" >"$tmp/$app.sh" 2>"$tmp/eval.err"; then
     if bash -n "$tmp/$app.sh"; then ok "bash -n: $app app"; else bad "bash -n: $app app"; fi
@@ -295,8 +298,8 @@ for app in load up; do
   fi
 done
 if command -v shellcheck >/dev/null 2>&1; then
-  if shellcheck --severity=warning "$repo/db/entrypoint.sh" "$repo/db/healthcheck.sh" "$repo/db/backup.sh" "$repo/monitoring/mysqld-exporter-entrypoint.sh"; then
-    ok "shellcheck --severity=warning: db/entrypoint.sh db/healthcheck.sh db/backup.sh monitoring/mysqld-exporter-entrypoint.sh"
+  if shellcheck --severity=warning "$repo/db/entrypoint.sh" "$repo/db/healthcheck.sh" "$repo/db/backup.sh" "$repo/monitoring/mysqld-exporter-entrypoint.sh" "$repo/nix/deploy.sh"; then
+    ok "shellcheck --severity=warning: db/entrypoint.sh db/healthcheck.sh db/backup.sh monitoring/mysqld-exporter-entrypoint.sh nix/deploy.sh"
   else
     bad "shellcheck: db scripts"
   fi

@@ -553,6 +553,34 @@ fn the_command_line_offers_version_and_help() {
     }
 }
 
+/// `pre-stop SECONDS`, Kubernetes' preStop hook: waits that long and exits
+/// 0; a number out of range or not a number is refused at once (exit 2).
+#[test]
+fn pre_stop_waits_the_seconds_asked_and_refuses_anything_else() {
+    let run = |args: &[&str]| {
+        let started = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_user-api"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (out, started.elapsed())
+    };
+    let (out, took) = run(&["pre-stop", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    let (out, took) = run(&["pre-stop", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    for wrong in ["61", "-1", "five", ""] {
+        let (out, took) = run(&["pre-stop", wrong]);
+        assert_eq!(out.status.code(), Some(2), "{wrong:?}: {out:?}");
+        assert!(took < Duration::from_secs(1), "{wrong:?}: {took:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("from 0 to 60"), "{wrong:?}: {stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_are_one_object_per_line() {
     let db = TestDb::create(shared_server()).await;

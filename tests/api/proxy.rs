@@ -1,4 +1,4 @@
-//! The shipped nginx config (nginx/nginx.conf, Debian's nginx 1.22) in front
+//! The shipped nginx config (nginx/nginx.conf, on the harness's nginx: 1.30) in front
 //! of the real `user-api` binary and a throwaway MariaDB, or in front of a
 //! fake upstream written here when a test must see exactly what nginx sends
 //! (forwarded headers, upstream connections) or needs an API that stalls.
@@ -655,15 +655,18 @@ async fn past_the_rate_limit_the_proxy_answers_429_with_retry_after() {
     );
 }
 
+/// No replica accepts the connection: the proxy's own 503 with Retry-After
+/// (nothing reached the API), never a 502 page, for reads and writes alike.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_stopped_api_is_a_json_502() {
+async fn a_stopped_api_is_a_json_503_with_retry_after() {
     let Stack { proxy, api, db } = Stack::start().await;
     assert_eq!(get(proxy.public, "/users/1").await.unwrap().status, 404);
     drop(api);
 
     let asked = Instant::now();
     let response = get(proxy.public, "/users/1").await.unwrap();
-    assert_proxy_error(&response, 502, "bad_gateway", "GET 502");
+    assert_proxy_error(&response, 503, "service_unavailable", "GET 503");
+    assert_eq!(values(&response, "retry-after"), ["1"]);
     let response = post_json(
         proxy.public,
         "/users",
@@ -671,7 +674,8 @@ async fn a_stopped_api_is_a_json_502() {
     )
     .await
     .unwrap();
-    assert_proxy_error(&response, 502, "bad_gateway", "POST 502");
+    assert_proxy_error(&response, 503, "service_unavailable", "POST 503");
+    assert_eq!(values(&response, "retry-after"), ["1"]);
     assert!(
         asked.elapsed() < Duration::from_secs(5),
         "{:?}",

@@ -41,6 +41,14 @@ def test_a_server_is_the_process_the_harness_spawned():
     assert proxy.process.returncode == 0  # SIGQUIT reached nginx: a graceful exit
 
 
+@forky_only
+def test_a_wrapped_program_starts_in_the_caller_s_directory():
+    """chroot alone would start it in /: a relative path must mean what it means outside."""
+    out = subprocess.run([procs.program("promtool"), "check", "config", "prometheus.yml"],
+                         cwd=procs.REPO / "monitoring", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "SUCCESS" in out.stdout + out.stderr, out
+
+
 def test_path_mode_runs_path_s_programs(monkeypatch):
     monkeypatch.setenv("USER_API_TOOLCHAIN", "path")
     assert toolchain.wrapper("nginx") is None

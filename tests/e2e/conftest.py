@@ -126,7 +126,7 @@ def stack(project, record):
         pytest.fail(f"`docker compose up -d --wait` failed: {e}{logs}", pytrace=False)
     project.up_seconds = seconds
     record(f"up -d --wait (first start, empty volume): {seconds:.1f} s; project {project.name}, "
-           f"HTTP_PORT {project.port}, EDGE_SUBNET {project.env.get('EDGE_SUBNET')}")
+           f"HTTP_PORT {project.port}")
     return project
 
 

@@ -1,13 +1,9 @@
 """The api restarted and recreated while the proxy keeps running, untouched.
 
-nginx resolves `api` once, at start; compose pins the api's address on the edge network, so a
-recreated api comes back where the proxy expects it. The engine has to keep the proxy's ARP
-entry right as well: Docker <= 27 derives the MAC from the address (the same address gives the
-same MAC), Docker 28 sends gratuitous ARP. Measured here and printed, not assumed.
+nginx follows the name `api` (`server api:8000 resolve`, re-resolved every 2 s), so a recreated
+api is served wherever it comes back. Measured here and printed, not assumed.
 """
 
-import shutil
-import subprocess
 import time
 
 import requests
@@ -42,15 +38,6 @@ def _api_edge(stack):
     return net["IPAddress"], net["MacAddress"]
 
 
-def _proxy_neighbour(stack, address: str) -> str:
-    """The proxy's ARP entry for ``address``, read in its network namespace."""
-    if not shutil.which("nsenter") or not shutil.which("ip"):
-        return "n/a (no nsenter/ip)"
-    r = subprocess.run(["nsenter", "-t", str(stack.pid("proxy")), "-n", "ip", "-4", "neigh",
-                        "show", address], capture_output=True, text=True)
-    return " ".join(r.stdout.split()) or "none"
-
-
 def test_the_api_restarted_is_served_again_by_the_untouched_proxy(stack, record):
     proxy = _proxy_identity(stack)
     stack.compose("restart", "api")
@@ -60,24 +47,20 @@ def test_the_api_restarted_is_served_again_by_the_untouched_proxy(stack, record)
 
 
 def test_the_api_recreated_three_times_is_served_again_by_the_untouched_proxy(stack, record):
+    """A recreated api comes back at whatever address the engine gives it; the proxy follows the
+    name (`server api:8000 resolve`), without a restart or a reload."""
     proxy = _proxy_identity(stack)
     rounds = []
     for n in (1, 2, 3):
-        # Right after a request: the proxy's ARP entry for the api is fresh (REACHABLE), which
-        # is what a new MAC behind the same address would break.
         requests.get(stack.url(PROBE), timeout=5)
         address, mac_before = _api_edge(stack)
         old = stack.container_id("api")
         stack.compose("up", "-d", "--force-recreate", "--no-deps", "api")
         new = stack.container_id("api")
         assert new != old, f"round {n}: the api was not recreated"
-        took = _seconds_to_200(stack, 10)
+        took = _seconds_to_200(stack, 30)
         address_after, mac_after = _api_edge(stack)
-        assert address_after == address == stack.env["API_ADDR"], \
-            f"round {n}: the api moved from {address} to {address_after}"
-        rounds.append(f"{took:.2f} s (MAC {mac_before} -> {mac_after}; proxy's entry: "
-                      f"{_proxy_neighbour(stack, address)})")
+        rounds.append(f"{took:.2f} s ({address} -> {address_after}, MAC {mac_before} -> {mac_after})")
     assert _proxy_identity(stack) == proxy, "the proxy was restarted or replaced"
     e2e.wait_healthy(stack, "api", after=0, within=30)
-    record("api recreated 3x at " + stack.env["API_ADDR"] + ": 200 through the untouched proxy "
-           "after " + "; ".join(rounds))
+    record("api recreated 3x: 200 through the untouched proxy after " + "; ".join(rounds))

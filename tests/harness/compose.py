@@ -20,9 +20,7 @@ Each :class:`Project` gets
 
 - a unique project name (``usrapi-<prefix>-<pid>-<random>``), so that runs in parallel and the
   user's own stack never meet;
-- a free host port for the proxy (``HTTP_PORT``) and, unless told otherwise, a free
-  ``10.213.x.0/24`` edge subnet with the api's fixed address in it (``EDGE_SUBNET``,
-  ``API_ADDR``);
+- a free host port for the proxy (``HTTP_PORT``); the engine picks its networks' subnets;
 - a temporary project directory (``--project-directory``) where ``./secrets`` is created by the
   documented one-liner (:data:`SECRETS_ONE_LINER`), never the repository's own ``./secrets``.
 
@@ -35,7 +33,6 @@ Standard library only; needs the ``docker`` CLI and Compose v2 as its plugin.
 from __future__ import annotations
 
 import atexit
-import ipaddress
 import json
 import os
 import random
@@ -68,7 +65,6 @@ PROJECT_LABEL = "com.docker.compose.project"
 PROBE_LABEL = "io.github.user-api.test-project"
 
 # Where the edge network goes when the default subnet is taken.
-EDGE_POOL = ipaddress.ip_network("10.213.0.0/16")
 
 
 class ComposeError(RuntimeError):
@@ -163,50 +159,13 @@ def versions() -> dict[str, str]:
 
 # ---- subnets -------------------------------------------------------------------------------------
 
-def _subnets_in_use() -> list[ipaddress.IPv4Network]:
-    used = []
-    try:
-        routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True,
-                                text=True).stdout
-    except FileNotFoundError:  # no iproute2: the docker networks are still checked
-        routes = ""
-    for line in routes.splitlines():
-        word = line.split()[0] if line.split() else ""
-        if word and word != "default":
-            try:
-                used.append(ipaddress.ip_network(word, strict=False))
-            except ValueError:
-                pass
-    ids = docker("network", "ls", "-q", check=False).stdout.split()
-    if ids:
-        out = docker("network", "inspect", *ids, check=False).stdout or "[]"
-        for net in json.loads(out):
-            for cfg in (net.get("IPAM") or {}).get("Config") or []:
-                try:
-                    used.append(ipaddress.ip_network(cfg.get("Subnet", ""), strict=False))
-                except ValueError:
-                    pass
-    return [n for n in used if n.version == 4]
-
-
-def free_edge_subnet() -> ipaddress.IPv4Network:
-    """A /24 of 10.213.0.0/16 that no route of the host and no docker network overlaps."""
-    used = _subnets_in_use()
-    candidates = list(EDGE_POOL.subnets(new_prefix=24))
-    random.shuffle(candidates)
-    for net in candidates:
-        if not any(net.overlaps(u) for u in used):
-            return net
-    raise ComposeError("no free 10.213.x.0/24 for the edge network")
-
-
 # ---- the project ---------------------------------------------------------------------------------
 
 class Project:
     """One compose project of ``compose_file``; see the module docstring."""
 
     def __init__(self, prefix: str = "e2e", compose_file: Path = COMPOSE_FILE,
-                 env: dict[str, str] | None = None, own_subnet: bool = True,
+                 env: dict[str, str] | None = None,
                  workdir: Path | None = None, overrides: list[Path] = ()):
         """``overrides``: further compose files, merged over ``compose_file`` in order (a test's
         own additions; the repository's file itself is never changed)."""
@@ -218,10 +177,6 @@ class Project:
         self.env["HTTP_PORT"] = str(free_port())
         # Grafana's (profile `monitoring`), on 127.0.0.1 like the default.
         self.env["GRAFANA_PORT"] = str(free_port())
-        if own_subnet and "EDGE_SUBNET" not in (env or {}):
-            net = free_edge_subnet()
-            self.env["EDGE_SUBNET"] = str(net)
-            self.env["API_ADDR"] = str(net.network_address + 10)
         self.env.update(env or {})
         self.port = int(self.env["HTTP_PORT"])
         self.base_url = f"http://127.0.0.1:{self.port}"

@@ -1,5 +1,5 @@
 """The nginx configuration each overlay deploys is valid for a real nginx:
-the ConfigMap's files, exactly as rendered, under `nginx -t` (Debian's nginx,
+the ConfigMap's files, exactly as rendered, under `nginx -t` (nginx 1.30,
 through the project's harness, which swaps in loopback listen ports and a
 loopback upstream only; nginx.conf is the shipped file itself)."""
 
@@ -9,7 +9,11 @@ from k8s_manifests import TARGETS, one, render
 from harness import nginx
 
 # What the harness sets for a loopback instance; everything else comes from the ConfigMap.
-HARNESS_OWN = {"nginx.conf", "upstream.conf", "listen.conf", "status-listen.conf", "access-log.conf"}
+# resolver.conf too: the cluster DNS's name does not resolve here (the shipped file's Docker
+# resolver is used instead, which nothing asks: the harness's upstream is an address);
+# test_k8s_policy checks the cluster's resolver.conf and upstream.conf as text.
+HARNESS_OWN = {"nginx.conf", "upstream.conf", "resolver.conf", "listen.conf", "status-listen.conf",
+               "access-log.conf"}
 
 
 def configmap_files(target):

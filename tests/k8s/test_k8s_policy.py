@@ -418,11 +418,11 @@ def replaced_files(target):
 
 def test_overlays_replace_only_the_include_files_they_must(target, docs):
     """Every file not replaced is byte-identical to nginx/; the replaced ones
-    are exactly the files next to the kustomizations; nginx.conf and
-    upstream.conf are never among them."""
+    are exactly the files next to the kustomizations; nginx.conf never is
+    among them."""
     cm = nginx_config(docs)
     replaced = replaced_files(target)
-    assert "nginx.conf" not in replaced and "upstream.conf" not in replaced
+    assert "nginx.conf" not in replaced
     assert set(replaced) <= set(shipped_includes())
     for name, content in cm["data"].items():
         expected = replaced.get(name, (REPO / "nginx" / name).read_text())
@@ -443,16 +443,42 @@ def test_nginx_workers_match_the_cpu_limit(docs):
     assert workers != "auto" and int(workers) == max(1, int(limit)), (workers, limit)
 
 
-def test_upstream_is_the_api_service(docs):
+def test_upstream_is_the_api_service_through_the_cluster_dns(docs):
+    """nginx's resolver sees no search domains: the upstream names the api Service in full, in
+    the proxy's namespace, and follows it (`resolve`) through the cluster DNS, which the proxy's
+    NetworkPolicy lets it reach."""
     cm = nginx_config(docs)
-    servers = re.findall(r"^\s*server\s+([^;\s]+)", cm["data"]["upstream.conf"], re.M)
-    assert servers == ["api:8000"]
     svc = one(docs, "Service", "api")
     proxy = one(docs, "Deployment", "proxy")
-    # Same namespace: the short name resolves through the pod's DNS search path.
-    assert svc["metadata"].get("namespace") == proxy["metadata"].get("namespace")
+    namespace = svc["metadata"]["namespace"]
+    assert namespace == proxy["metadata"]["namespace"]
+    servers = re.findall(r"^\s*server\s+([^;]+);", cm["data"]["upstream.conf"], re.M)
+    assert servers == [f"api.{namespace}.svc.cluster.local:8000 resolve"], servers
+    resolvers = re.findall(r"^\s*resolver\s+([^;]+);", cm["data"]["resolver.conf"], re.M)
+    assert len(resolvers) == 1, resolvers
+    words = resolvers[0].split()
+    assert words[0] == "kube-dns.kube-system.svc.cluster.local", words
+    (valid,) = [w for w in words if w.startswith("valid=")]
+    assert int(valid.removeprefix("valid=").removesuffix("s")) <= 10, valid
     assert svc["spec"]["type"] == "ClusterIP" and svc["spec"].get("clusterIP") != "None", \
-        "nginx resolves once at start: the Service's address must be a stable ClusterIP"
+        "a stable ClusterIP: kube-proxy spreads connections over the ready pods only"
+
+
+def test_a_rollout_loses_no_request(docs):
+    """Readiness gates traffic (readinessProbe on /readyz), no old pod goes before a new one is
+    ready (maxUnavailable 0), and a terminating pod keeps serving while the endpoint change
+    reaches every node (preStop), all within its grace period."""
+    dep = one(docs, "Deployment", "api")
+    spec = dep["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    command = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == [CONTRACT["api"]["entrypoint"][0], "pre-stop"], command
+    pre_stop = int(command[2])
+    assert 3 <= pre_stop <= 60, pre_stop
+    grace, mercy = 2, 3  # Rocket.toml [default.shutdown]; the containers run without the file
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + grace + mercy + 1
 
 
 def test_listen_ports_match_the_container_ports(docs):

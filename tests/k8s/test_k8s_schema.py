@@ -71,11 +71,12 @@ def test_the_validation_bites(version):
 
 def test_an_old_version_rejects_a_newer_field():
     """`lifecycle.preStop.sleep` is in the API since 1.29 (alpha; on by
-    default since 1.30), which is why the manifests do without it: 1.25's
-    schema must refuse it, 1.37's accept it."""
+    default since 1.30), which is why the api's preStop hook runs the binary
+    (`user-api pre-stop 5`) instead: 1.25's schema must refuse it, 1.37's
+    accept it."""
     api = next(o for o in render("base") if o["kind"] == "Deployment" and o["metadata"]["name"] == "api")
     newer = copy.deepcopy(api)
-    newer["spec"]["template"]["spec"]["containers"][0]["lifecycle"] = {"preStop": {"sleep": {"seconds": 5}}}
+    newer["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"] = {"sleep": {"seconds": 5}}
     validate(newer, VERSIONS[-1])
     with pytest.raises(ValidationError):
         validate(newer, VERSIONS[0])

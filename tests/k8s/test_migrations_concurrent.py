@@ -179,7 +179,7 @@ def test_replicas_started_together_migrate_once(server):
 
 def test_get_lock_waits_only_with_a_positive_timeout(server):
     """What the lock rests on. MySQL waits forever for GET_LOCK(name, -1);
-    MariaDB (10.11 here) answers NULL at once instead, so a migrator that
+    MariaDB (10.11 and 11.8 alike) answers NULL at once instead, so a migrator that
     sends -1 and ignores the answer (sqlx-mysql 0.7's does) is not locked at
     all on MariaDB. A positive timeout waits and answers 0 on expiry."""
     holder = client_session(server)

@@ -78,8 +78,11 @@ class Prometheus:
         # The very rule files Prometheus loads in compose, by absolute path.
         config["rule_files"] = [str(MONITORING / rule) for rule in config["rule_files"]]
         for job in config["scrape_configs"]:
-            (static,) = job["static_configs"]
-            static["targets"] = [targets[job["job_name"]]]
+            # Each job's discovery (static, or DNS for the api's replicas) becomes the one
+            # local target: there is no Docker DNS here.
+            for discovery in [k for k in job if k.endswith("_configs") and k != "relabel_configs"]:
+                del job[discovery]
+            job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
         self.config = self.dir / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config))
         self.process = procs.spawn(

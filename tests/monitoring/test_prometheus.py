@@ -269,3 +269,5 @@ def test_api_down_alert_when_the_api_stops(stack):
     stack.api.close()
     result = stack.prometheus.wait_for(scaled(alert_rules()["ApiDown"]), 30, "ApiDown data")
     assert [r["metric"]["job"] for r in result] == ["api"]
+    # The only replica down is no replica up.
+    stack.prometheus.wait_for(scaled(alert_rules()["ApiNoReplicaUp"]), 30, "ApiNoReplicaUp data")

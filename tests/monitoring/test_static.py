@@ -248,8 +248,10 @@ def test_the_monitoring_profile_is_internal_but_for_grafana_on_loopback():
     # Prometheus reaches every scrape target over an internal network it shares with it.
     prometheus = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     for job in prometheus["scrape_configs"]:
-        for target in job["static_configs"][0]["targets"]:
-            host = target.split(":")[0]
+        hosts = [t.split(":")[0] for c in job.get("static_configs", []) for t in c["targets"]]
+        hosts += [n for c in job.get("dns_sd_configs", []) for n in c["names"]]
+        assert hosts, job["job_name"]
+        for host in hosts:
             if host == "localhost":
                 continue
             shared = set(services[host]["networks"]) & set(services["prometheus"]["networks"]) & internal
