@@ -48,10 +48,22 @@ def _fail_fast_violations(results: list[e2e.Result]) -> list[str]:
             and r.latency > FAIL_FAST_WITHIN]
 
 
-def _missing(stack, acked: dict[int, str]) -> list[str]:
-    stored = e2e.all_users(stack.base_url)
+def _missing(stored: dict[int, str], acked: dict[int, str]) -> list[str]:
     return [f"{uid} {name!r} (stored: {stored.get(uid)!r})" for uid, name in sorted(acked.items())
             if stored.get(uid) != name]
+
+
+def _unacknowledged_problems(stored: dict[int, str], results) -> list[str]:
+    """README's promise for the two outage codes: `database_unavailable` means nothing was sent
+    (the user must not exist), `database_interrupted` means it may or may not be stored, but
+    never half (absent, or stored with exactly the name sent)."""
+    out = []
+    for r in results:
+        if r.error == "database_unavailable" and r.userid in stored:
+            out.append(f"{r.userid} answered database_unavailable, yet stored as {stored[r.userid]!r}")
+        if r.error == "database_interrupted" and stored.get(r.userid, r.username) != r.username:
+            out.append(f"{r.userid} answered database_interrupted, stored half: {stored[r.userid]!r}")
+    return out
 
 
 def _shutdown_problems(stopping, starting) -> list[str]:
@@ -105,9 +117,11 @@ def _through_outage(stack, acked, record, tag: str, first_id: int, event, what: 
         elif back_after_healthy > BACK_WITHIN:
             problems.append(f"service back {back_after_healthy:.2f} s after the db was healthy "
                             f"(bound {BACK_WITHIN} s)")
-    missing = _missing(stack, writer.acked())
+    stored = e2e.all_users(stack.base_url)
+    missing = _missing(stored, writer.acked())
     if missing:
         problems.append(f"{len(missing)} acknowledged writes lost: {missing[:10]}")
+    problems += _unacknowledged_problems(stored, results)
     if not writer.acked():
         problems.append("no write was acknowledged at all")
     if expect_clean_stop:
