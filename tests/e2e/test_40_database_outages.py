@@ -102,20 +102,25 @@ def _through_outage(stack, acked, record, tag: str, first_id: int, event, what: 
     new_log = e2e.log_lines(after.id, t_event)
     ready = e2e.first_line(new_log, e2e.READY, after=t_event)
     rel = lambda t: "-" if t is None else f"+{t - t_event:.2f} s"  # noqa: E731
-    back_after_healthy = None if outage.back is None else outage.back - healthy_at
+    back_after_ready = None if outage.back is None or ready is None else outage.back - ready
     record(f"{what}: MariaDB ready {rel(ready)}, db healthy {rel(healthy_at)}; requests failed "
            f"{rel(outage.first_failure)} .. {rel(outage.last_failure)}, back {rel(outage.back)} "
-           f"({'-' if back_after_healthy is None else f'{back_after_healthy:+.2f}'} s from healthy);"
+           f"({'-' if back_after_ready is None else f'{back_after_ready:+.2f}'} s from ready);"
            f" slowest answer {outage.slowest.latency:.2f} s; writer: {e2e.summary(results)}; db "
            f"{before.address} {before.mac} -> {after.address} {after.mac}")
 
     problems = e2e.bound_violations(results) + _fail_fast_violations(results)
+    # README's bound counts from the database answering (its "ready for connections" line),
+    # not from the first passing healthcheck, which comes 4-5 s later and would hide a slow
+    # return inside the bound.
     if outage.first_failure is not None:
         if outage.back is None:
             problems.append(f"no 201 after the last failure: service not back "
                             f"{BACK_WITHIN + 10:.0f} s after the db was healthy")
-        elif back_after_healthy > BACK_WITHIN:
-            problems.append(f"service back {back_after_healthy:.2f} s after the db was healthy "
+        elif ready is None:
+            problems.append(f"no {e2e.READY!r} line in the db's log after the event")
+        elif back_after_ready > BACK_WITHIN:
+            problems.append(f"service back {back_after_ready:.2f} s after MariaDB was ready "
                             f"(bound {BACK_WITHIN} s)")
     stored = e2e.all_users(stack.base_url)
     missing = _missing(stored, writer.acked())
@@ -178,28 +183,34 @@ def test_while_the_db_is_stopped_every_request_fails_fast_with_a_json_503(stack,
             time.sleep(0.1)
         t_start = e2e.now()
         stack.compose("start", "db")
-        healthy_at = e2e.wait_healthy(stack, "db", after=t_start, within=60)
+        # Asked from the start, not from the first passing healthcheck: the bound counts from
+        # the database answering.
         back = None
-        while e2e.now() - healthy_at < BACK_WITHIN + 10:
+        while e2e.now() - t_start < 60:
             if s.get(stack.url("/users/1"), timeout=10).status_code == 200:
                 back = e2e.now()
                 break
             time.sleep(0.1)
+        healthy_at = e2e.wait_healthy(stack, "db", after=t_start, within=60)
+    ready = e2e.first_line(e2e.log_lines(stack.container_id("db"), t_start), e2e.READY,
+                           after=t_start)
 
     first, rest = answers[0], answers[1:]
     slowest_rest = max(a[2] for a in rest)
     record(f"db stopped: first answer {first[3]} after {first[2]:.3f} s, the next {len(rest)} "
            f"within {slowest_rest * 1000:.0f} ms (median "
            f"{sorted(a[2] for a in rest)[len(rest) // 2] * 1000:.1f} ms); after `compose start db`"
-           f" healthy {healthy_at - t_start:.1f} s, back "
-           f"{'never' if back is None else f'{back - healthy_at:+.2f} s from healthy'}")
+           f" MariaDB ready {'-' if ready is None else f'{ready - t_start:.1f}'} s, healthy "
+           f"{healthy_at - t_start:.1f} s, back "
+           f"{'never' if back is None or ready is None else f'{back - ready:+.2f} s from ready'}")
     problems = [f"{m} {p}: {st} after {t:.3f} s (want the JSON 503 within {ANSWER_WITHIN} s)"
                 for m, p, t, st, ok in answers if not ok or t > ANSWER_WITHIN]
     problems += [f"{m} {p}: {st} after {t:.3f} s, although the API already knew the database "
                  f"was down (bound {FAIL_FAST_WITHIN} s)"
                  for m, p, t, st, ok in rest if t > FAIL_FAST_WITHIN]
-    if back is None or back - healthy_at > BACK_WITHIN:
-        problems.append(f"service not back within {BACK_WITHIN} s of the db being healthy")
+    if back is None or ready is None or back - ready > BACK_WITHIN:
+        problems.append(f"service not back within {BACK_WITHIN} s of MariaDB being ready "
+                        f"(ready {ready}, back {back})")
     log = e2e.log_lines(stopped_id, t_stop)
     problems += _shutdown_problems(log, log)
     assert not problems, "while the db was stopped:\n  " + "\n  ".join(problems)
