@@ -204,8 +204,8 @@ def descendants(pid: int) -> list[int]:
         for task in Path(f"/proc/{p}/task").glob("*/children"):
             try:
                 todo += [int(c) for c in task.read_text().split()]
-            except OSError:
-                pass
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # the task ended meanwhile; any other error is the caller's to see
     return out
 
 
@@ -216,9 +216,42 @@ def all_command_lines() -> str:
         if d.name.isdigit():
             try:
                 lines.append((d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-            except OSError:
-                pass
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # the process ended meanwhile; an unreadable one must not pass unread
     return "\n".join(lines)
+
+
+class CommandLineWatch(threading.Thread):
+    """Reads every process's command line every ``interval`` seconds until stopped, keeping the
+    lines that hold one of ``secrets`` and the set of program names seen: a password on a
+    command line for a moment (a healthcheck's client, a backup's dump) is caught while it is
+    there, not only if it happens to be there when a test looks once."""
+
+    def __init__(self, secrets: dict[str, str], interval: float = 0.02):
+        super().__init__(daemon=True, name="command-line-watch")
+        self.secrets, self.interval = secrets, interval
+        self.found: dict[str, str] = {}
+        self.programs: set[str] = set()
+        self.samples = 0
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.is_set():
+            for line in all_command_lines().splitlines():
+                self.programs.add(line.split(" ", 1)[0].rsplit("/", 1)[-1])
+                for name, value in self.secrets.items():
+                    if value in line:
+                        self.found[name] = line
+            self.samples += 1
+            self._halt.wait(self.interval)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._halt.set()
+        self.join(10)
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -304,6 +337,8 @@ class Sampler(threading.Thread):
         self.pids, self.interval = pids, interval
         self.peak_mem = {s: 0 for s in pids}
         self.peak_pids = {s: 0 for s in pids}
+        self.samples = {s: 0 for s in pids}
+        self.errors: dict[str, str] = {}
         self._halt = threading.Event()
 
     def run(self):
@@ -312,13 +347,17 @@ class Sampler(threading.Thread):
                 try:
                     self.peak_mem[s] = max(self.peak_mem[s], memory_usage(p))
                     self.peak_pids[s] = max(self.peak_pids[s], pids_current(p))
-                except (OSError, ValueError, TypeError):
-                    pass
+                    self.samples[s] += 1
+                except (OSError, ValueError, TypeError) as e:
+                    self.errors[s] = f"{type(e).__name__}: {e}"
             self._halt.wait(self.interval)
 
     def stop(self):
+        """Stops sampling; a service that was never read is an error, not a peak of 0."""
         self._halt.set()
         self.join(5)
+        unread = {s: self.errors.get(s, "no sample") for s, n in self.samples.items() if n == 0}
+        assert not unread, f"the sampler could not read {unread}"
 
 
 # ---- health and logs -----------------------------------------------------------------------------

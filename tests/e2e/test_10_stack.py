@@ -50,7 +50,7 @@ def test_up_wait_brings_db_api_and_proxy_up_healthy(stack):
     for service in ("db", "api", "proxy"):
         health = stack.inspect(service)["State"]["Health"]["Status"]
         assert health == "healthy", f"{service} is {health} after `up --wait`"
-    assert stack.up_seconds < 60, f"`up -d --wait` took {stack.up_seconds:.1f} s"
+    # How long it took is a figure (conftest records it), not a bound: speed is the bench's.
 
 
 def test_the_two_seed_calls_work_through_the_published_port(stack):

@@ -17,7 +17,6 @@ def test_compose_stop_exits_all_three_cleanly(stack, record):
     record(f"compose stop: {took:.1f} s, exit codes {codes}")
     assert codes == {"db": 0, "api": 0, "proxy": 0}, \
         f"exit codes {codes}: a non-zero code is a crash or a SIGKILL after the grace period"
-    assert took < 30, f"compose stop took {took:.1f} s"
     lines = e2e.log_lines(db_id, t0)
     assert e2e.first_line(lines, e2e.NORMAL_SHUTDOWN) and \
         e2e.first_line(lines, e2e.SHUTDOWN_COMPLETE), "MariaDB's log shows no clean shutdown"

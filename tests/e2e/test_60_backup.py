@@ -212,6 +212,30 @@ def _state(p) -> str:
                        " SELECT COUNT(*) FROM _sqlx_migrations;")
 
 
+def test_no_password_on_any_command_line_during_healthcheck_backup_restore_restart(bk, record):
+    """The process list, read every 20 ms while the db's healthcheck, a backup, a restore and a
+    `restart db` run: their clients get passwords from files, never from arguments."""
+    names = ("db_password", "db_root_password", "db_backup_password", "db_exporter_password")
+    with e2e.CommandLineWatch({n: bk.secret(n) for n in names}) as watch:
+        bk.exec("db", "healthcheck.sh", "--connect", "--innodb_initialized")
+        file, _ = take_backup(bk)
+        bk.compose("stop", "api")
+        try:
+            restore(bk, file, "--force")
+        finally:
+            restart_api(bk)
+        t0 = e2e.now()
+        bk.compose("restart", "db")
+        e2e.wait_healthy(bk, "db", after=t0, within=120)
+        bk.up()
+    assert watch.samples > 50, watch.samples
+    # The watch saw the clients at work (so it was looking while they ran).
+    assert {"mariadb-dump", "mariadb"} & watch.programs, sorted(watch.programs)
+    assert not watch.found, watch.found
+    record(f"process list read {watch.samples}x during healthcheck, backup, restore, restart db:"
+           f" no password (saw {sorted({'mariadb-dump', 'mariadb', 'mariadbd'} & watch.programs)})")
+
+
 def test_a_bad_backup_file_is_refused_and_changes_nothing(bk):
     good, _ = take_backup(bk)
     bk.compose("stop", "api")
@@ -375,7 +399,7 @@ def test_retention_keeps_the_newest_by_count_and_age(bk):
     assert sorted(f.name for f in d.glob("*.sql.gz")) == names[-1:]
 
 
-def test_the_scheduler_backs_up_at_once_and_stops_cleanly(bk):
+def test_the_scheduler_backs_up_at_once_and_stops_cleanly(bk, record):
     d = bk.dir / "backups"
     before = set(d.glob("*.sql.gz"))
     prof = ("--profile", "backup-schedule")
@@ -395,7 +419,9 @@ def test_the_scheduler_backs_up_at_once_and_stops_cleanly(bk):
         bk.compose(*prof, "stop", "backup-scheduler")
         took = time.monotonic() - t0
     state = bk.inspect("backup-scheduler")["State"]
-    assert state["ExitCode"] == 0 and took < 10, (state["ExitCode"], took)
+    # Exit 0 is the contract (SIGTERM ends the wait cleanly); the time is recorded.
+    assert state["ExitCode"] == 0, (state["ExitCode"], took)
+    record(f"backup scheduler: stopped in {took:.1f} s, exit 0")
     # -v: the db image declares /var/lib/mysql a volume, so the scheduler's container has an
     # anonymous one; without -v it outlived the run (one stray volume per e2e run).
     bk.compose(*prof, "rm", "-f", "-v", "backup-scheduler")
@@ -410,6 +436,9 @@ def test_100k_users_backup_and_restore(bk, record):
         assert total >= BULK
         state = _state(bk)
         file, took = take_backup(bk)
+        # From an emptied table: restoring identical data would pass even if restore did nothing.
+        root_sql(bk, "TRUNCATE TABLE users;")
+        assert _state(bk) != state
         t0 = time.monotonic()
         restore(bk, file, "--force")
         restore_took = time.monotonic() - t0
@@ -421,5 +450,4 @@ def test_100k_users_backup_and_restore(bk, record):
     line = (f"{total} users: backup {took:.1f} s, {size / 1e6:.2f} MB gzip ({raw / 1e6:.1f} MB "
             f"SQL); restore --force {restore_took:.1f} s (each including compose run's container "
             "start)")
-    record(line)
-    assert took < 60 and restore_took < 60, line
+    record(line)  # figures, not bounds: speed is the bench's to measure
