@@ -178,7 +178,12 @@ async fn sigterm_finishes_requests_in_flight_then_exits_0() {
 
     let (mut blocker, in_flight) = sigterm_while_a_write_waits(&api, &db, 77, "late").await;
     let addr = api.addr();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The write goes on only once the API is shutting down.
+    api.wait_for_log(
+        "shutting down: finishing requests in flight",
+        Duration::from_secs(10),
+    )
+    .await;
     sqlx::query("UNLOCK TABLES")
         .execute(&mut blocker)
         .await
@@ -237,7 +242,8 @@ async fn sigterm_while_a_write_waits(
     let addr = api.addr();
     let body = json!({"userid": userid, "username": username});
     let in_flight = tokio::spawn(async move { post_json(addr, "/users", &body).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SIGTERM only once the write waits on the lock: in flight, for certain.
+    db.wait_for_running("INSERT").await;
     api.signal("TERM");
     (blocker, in_flight)
 }
@@ -345,8 +351,24 @@ async fn a_stop_closes_the_database_connections_politely() {
         "{}",
         api.logs()
     );
-    // The server notices a dropped connection at once; give it a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Counted once the server has let every connection of the API go, politely or not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let still: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = ?")
+                .bind(&db.name)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        if still == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{still} connections of the API still open 10 s after its exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (_, after): (String, String) = sqlx::query_as(ABORTED).fetch_one(&mut admin).await.unwrap();
     assert_eq!(
         before, after,
@@ -391,7 +413,12 @@ async fn the_password_comes_from_its_file_and_never_reaches_the_logs() {
     let file = file.to_str().unwrap();
     let port = server.port.to_string();
     let mut env = container_style_env(&db, &user, file);
-    env.push(("DATABASE_PORT", &port));
+    // Rocket's own records too, at their most talkative (its configuration, the pool's): they
+    // are off by default, and a leak there would pass unseen with them off.
+    env.extend([
+        ("DATABASE_PORT", port.as_str()),
+        ("ROCKET_LOG_LEVEL", "debug"),
+    ]);
 
     let mut api = ApiProcess::spawn(&env);
     api.wait_healthy(Duration::from_secs(30)).await;
@@ -420,6 +447,10 @@ async fn the_password_comes_from_its_file_and_never_reaches_the_logs() {
         "the access log is on: {logs}"
     );
     assert!(
+        logs.contains("Configured for"),
+        "Rocket's own records are on: {logs}"
+    );
+    assert!(
         !logs.contains(&password),
         "the password leaked into the logs:\n{logs}"
     );
@@ -431,6 +462,7 @@ async fn the_password_comes_from_its_file_and_never_reaches_the_logs() {
     env.extend([
         ("DATABASE_PORT", port.as_str()),
         ("DATABASE_STARTUP_TIMEOUT", "1"),
+        ("ROCKET_LOG_LEVEL", "debug"),
     ]);
     let mut api = ApiProcess::spawn(&env);
     assert_eq!(api.wait_exit(Duration::from_secs(20)).await, Some(1));
