@@ -73,6 +73,12 @@ pub struct AppSettings {
     /// at `net.core.somaxconn`. 0 leaves Rocket's (std's 128).
     #[serde(default = "listen_backlog")]
     pub listen_backlog: u32,
+    /// Seconds to stay alive after a clean stop, the listener closed: new
+    /// connections are refused (reset) instead of meeting an address that
+    /// is gone, until every proxy that finds replicas by name has dropped
+    /// this one (compose: 3, over nginx's 2 s re-resolve). 0: exit at once.
+    #[serde(default)]
+    pub exit_linger: u64,
 }
 
 fn listen_backlog() -> u32 {
@@ -296,6 +302,7 @@ mod tests {
         assert_eq!(app.log_level, LogLevel::Off);
         assert!(app.access_log);
         assert_eq!(app.listen_backlog, 4096);
+        assert_eq!(app.exit_linger, 0);
     }
 
     #[test]

@@ -65,6 +65,7 @@ fn serve() -> ExitCode {
         match user_api::rocket().launch().await {
             Ok(rocket) => {
                 close_pool(&rocket).await;
+                linger(&rocket).await;
                 Ok(())
             }
             Err(e) => match e.kind() {
@@ -80,6 +81,7 @@ fn serve() -> ExitCode {
                     let limit = user_api::shutdown::in_flight_limit(&rocket.config().shutdown);
                     if user_api::shutdown::wait_until_sole_owner(rocket, limit).await {
                         close_pool(rocket).await;
+                        linger(rocket).await;
                         Ok(())
                     } else {
                         // Not closing the pool: that would wait for the very
@@ -111,6 +113,24 @@ fn reason(error: &rocket::error::ErrorKind) -> String {
         rocket::error::ErrorKind::Bind(e) => format!("cannot listen: {e}"),
         // The failing fairing has logged its own reason already.
         other => other.to_string(),
+    }
+}
+
+/// `exit_linger`: the listener is closed by now (Rocket drops it when its
+/// accept loop ends), so new connections are reset and a proxy moves them
+/// to another replica at once; were the process gone, its address would
+/// vanish with it and a proxy that has not re-resolved yet would wait out
+/// its connect timeout instead (nginx/README.md, "A replica that dies").
+async fn linger<P: Phase>(rocket: &Rocket<P>) {
+    let seconds = rocket
+        .figment()
+        .extract::<user_api::config::AppSettings>()
+        .map_or(0, |settings| settings.exit_linger);
+    if seconds > 0 {
+        user_api::log::info(&format!(
+            "stopped listening; exiting in {seconds} s (exit_linger)"
+        ));
+        tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
     }
 }
 

@@ -202,6 +202,8 @@ async fn sigterm_finishes_requests_in_flight_then_exits_0() {
         get(addr, "/healthz").await.is_err(),
         "nothing listens after the stop"
     );
+    // exit_linger is 0 by default: no linger, not even a word of it.
+    assert!(!api.logs().contains("exit_linger"), "{}", api.logs());
 }
 
 /// A write held past Rocket's own shutdown wait (grace + mercy + 1 s; here
@@ -583,6 +585,32 @@ fn the_command_line_offers_version_and_help() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.starts_with("usage: user-api"), "{wrong:?}: {stderr}");
     }
+}
+
+/// `exit_linger`: after a clean stop the process stays alive that long with
+/// its listener closed, so a new connection is refused at once (a proxy
+/// moves it to another replica) instead of meeting an address that is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_stop_it_lingers_refusing_connections_then_exits_0() {
+    let db = TestDb::create(shared_server()).await;
+    let mut api = ApiProcess::spawn(&[("DATABASE_URL", &db.url()), ("ROCKET_EXIT_LINGER", "2")]);
+    api.wait_healthy(Duration::from_secs(30)).await;
+    let addr = api.addr();
+    api.signal("TERM");
+    api.wait_for_log(
+        "stopped listening; exiting in 2 s (exit_linger)",
+        Duration::from_secs(10),
+    )
+    .await;
+    let lingering = Instant::now();
+    let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(api.wait_exit(Duration::from_secs(10)).await, Some(0));
+    assert!(
+        lingering.elapsed() >= Duration::from_millis(1500),
+        "exited {:?} after the linger began",
+        lingering.elapsed()
+    );
 }
 
 /// `pre-stop SECONDS`, Kubernetes' preStop hook: waits that long and exits
