@@ -240,6 +240,25 @@ async fn assert_all_stored(db: &TestDb, attempts: &[Attempt]) -> usize {
         acknowledged.len(),
         &lost[..lost.len().min(10)]
     );
+    // README: `database_unavailable` means nothing was sent (retry freely);
+    // `database_interrupted`, that it may or may not be stored, never half.
+    for a in attempts {
+        if a.is_database_unavailable() {
+            assert!(
+                !stored.contains_key(&a.userid),
+                "id {} answered database_unavailable, yet it is stored",
+                a.userid
+            );
+        } else if a.is_503("database_interrupted") {
+            let sent = format!("w{}", a.userid);
+            assert!(
+                stored.get(&a.userid).is_none_or(|name| *name == sent),
+                "id {} answered database_interrupted and is stored half: {:?}",
+                a.userid,
+                stored.get(&a.userid)
+            );
+        }
+    }
     acknowledged.len()
 }
 
