@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn defaults_are_the_documented_ones() {
-        // README's configuration table: pool 16, 2; timeouts 3, 300, 3 s;
+        // src/README.md's configuration table: pool 16, 2; timeouts 3, 300, 3 s;
         // startup deadline 60 s.
         let s = settings(&[("url", "mysql://u@dbhost/app")]);
         assert_eq!((s.max_connections, s.min_connections), (16, 2));
