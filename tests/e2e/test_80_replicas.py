@@ -7,9 +7,9 @@ come and go without a proxy restart.
 - `--scale api=3`: every replica gets a share of the requests through the proxy;
 - `nix/deploy.sh` (what `nix run .#deploy` runs) replaces the three replicas one by one with a new
   image under steady GETs and POSTs: no request fails; p99 during the deploy is recorded;
-- a replica SIGKILLed under traffic: GETs are retried on another replica, but for at most one
-  request caught by nginx's re-resolve; what POSTs and that request saw is recorded (README says
-  what a client can see);
+- a replica SIGKILLed under traffic: no GET fails (nginx tries another replica, and the proxy's
+  @fresh_try what nginx's own retry gives up on); what POSTs saw is recorded (README says what a
+  POST can see);
 - no replica at all: the proxy answers a JSON 503 with Retry-After, then serves again.
 
 Runs last: it leaves the stack with one replica on the image it started with.
@@ -225,13 +225,12 @@ def test_a_rolling_deploy_under_traffic_fails_no_request(stack, reader_user, nex
            f"p99 {traffic.p99_ms():.0f} ms, 0 failed")
 
 
-def test_a_replica_killed_under_traffic_costs_no_get_but_one_in_flight(stack, reader_user, record):
+def test_a_replica_killed_under_traffic_fails_no_get(stack, reader_user, record):
     """SIGKILL of a replica's process (a crash: Docker restarts it, `restart: unless-stopped`).
-    GETs that meet it are retried on another replica. What nginx cannot retry: a POST that had
-    reached it (the proxy's JSON 503), and the one request whose connection to the vanished
-    address was still waiting when nginx re-resolved `api` (nginx >= 1.27.3 does not retry
-    across a change of the upstream's addresses; its connect timeout is 2 s, the resolver's
-    valid= 2 s). Both are counted and printed; each must be the proxy's JSON 503/504."""
+    GETs that meet it are tried on another replica, also the one whose connection into the
+    vanished address was still waiting when nginx re-resolved `api` (nginx's own retries stop
+    at a change of the addresses; the proxy's @fresh_try starts such a request once more).
+    What cannot be retried: a POST that had reached it (the proxy's JSON 503), counted."""
     ids = replicas(stack)
     assert len(ids) >= 2, ids
     victim = ids[0]
@@ -243,16 +242,14 @@ def test_a_replica_killed_under_traffic_costs_no_get_but_one_in_flight(stack, re
         os.kill(pid, signal.SIGKILL)
         time.sleep(8)
     assert any(g[0] > killed_at for g in traffic.gets)
-    failed_gets = traffic.failed_gets()
-    assert len(failed_gets) <= 1, traffic.counts()
-    for started, latency, status in failed_gets:
-        assert status in (503, 504) and started - killed_at < 2.5, (started - killed_at, traffic.counts())
+    assert not traffic.failed_gets(), traffic.counts()
     for r in traffic.failed_posts():
-        assert r.status in (503, 504) and r.error in ("service_unavailable", "gateway_timeout"), \
-            (r, traffic.counts())
+        assert r.status == 503 and r.error == "service_unavailable", (r, traffic.counts())
     back = harness_compose.inspect_container(victim)
     assert back["RestartCount"] > restarts and back["State"]["Running"], back["State"]
-    record(f"a replica SIGKILLed under traffic (restarted by Docker): {traffic.counts()}")
+    slowest = max(g[1] for g in traffic.gets)
+    record(f"a replica SIGKILLed under traffic (restarted by Docker): {traffic.counts()}, "
+           f"slowest GET {slowest:.2f} s")
     e2e.wait_healthy(stack, "api", after=0, within=60)
 
 
