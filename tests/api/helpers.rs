@@ -366,6 +366,38 @@ impl TestDb {
         MySqlConnection::connect(&self.url()).await.unwrap()
     }
 
+    /// Connections open to this database now, as the server lists them
+    /// (asked over a connection of its own, to no database, closed
+    /// politely: a dropped one would count as an aborted client).
+    pub async fn open_connections(&self) -> i64 {
+        let mut admin = MySqlConnection::connect(&self.admin_url).await.unwrap();
+        let open =
+            sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = ?")
+                .bind(&self.name)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        admin.close().await.unwrap();
+        open
+    }
+
+    /// Waits until no connection to this database is open; fails after
+    /// `within`, saying `what` was expected to close them.
+    pub async fn wait_until_no_connections(&self, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        loop {
+            let open = self.open_connections().await;
+            if open == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{open} connections still open {within:?} after {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until a statement starting with `prefix` runs in this database
     /// (blocked on a lock, typically), as `information_schema.PROCESSLIST`
     /// shows it; fails after 30 s. This database's only: other tests run the

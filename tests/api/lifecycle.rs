@@ -336,12 +336,7 @@ async fn a_stop_closes_the_database_connections_politely() {
 
     let mut admin = MySqlConnection::connect(&server.admin_url()).await.unwrap();
     const ABORTED: &str = "SHOW GLOBAL STATUS LIKE 'Aborted_clients'";
-    let open: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = ?")
-            .bind(&db.name)
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
+    let open = db.open_connections().await;
     assert!(open >= 1, "the API holds no connection");
     let (_, before): (String, String) =
         sqlx::query_as(ABORTED).fetch_one(&mut admin).await.unwrap();
@@ -354,23 +349,8 @@ async fn a_stop_closes_the_database_connections_politely() {
         api.logs()
     );
     // Counted once the server has let every connection of the API go, politely or not.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let still: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = ?")
-                .bind(&db.name)
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
-        if still == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{still} connections of the API still open 10 s after its exit"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    db.wait_until_no_connections(Duration::from_secs(10), "the API's exit")
+        .await;
     let (_, after): (String, String) = sqlx::query_as(ABORTED).fetch_one(&mut admin).await.unwrap();
     assert_eq!(
         before, after,

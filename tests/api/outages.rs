@@ -283,31 +283,10 @@ async fn connections_idle_past_the_idle_timeout_are_closed() {
     .await;
     let (read, _) = timed("GET /users/1", get(app.addr, "/users/1")).await;
     assert_eq!(read.status, 404, "{}", read.body);
-    let mut admin = db.connect().await;
-    const OPEN: &str = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-                        WHERE DB = ? AND ID <> CONNECTION_ID()";
-    let before: i64 = sqlx::query_scalar(OPEN)
-        .bind(&db.name)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
+    let before = db.open_connections().await;
     assert!(before >= 1, "the API holds no connection");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let open: i64 = sqlx::query_scalar(OPEN)
-            .bind(&db.name)
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
-        if open == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{before} connections still open 15 s after their last use"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    db.wait_until_no_connections(Duration::from_secs(15), "their last use")
+        .await;
 }
 
 /// Statements that time out together raise one suspicion each, but one
