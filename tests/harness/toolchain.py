@@ -172,7 +172,7 @@ def _current(target: Path) -> bool:
 
 def build(cache: Path = CACHE, packages=PACKAGES, needed_bytes: int = NEEDED_BYTES) -> Path:
     """The root's home (``root/``, ``bin/``), built if missing; raises :class:`ToolchainError`."""
-    target = cache / f"{SUITE}-{key()}" if packages == PACKAGES else \
+    target = home(cache) if packages == PACKAGES else \
         cache / f"{SUITE}-custom-{hashlib.sha256(' '.join(packages).encode()).hexdigest()[:12]}"
     if _current(target):
         return target
