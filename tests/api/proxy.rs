@@ -113,6 +113,9 @@ enum Behaviour {
     Answer,
     /// Accepts, reads the request, never answers.
     Stall,
+    /// Accepts, reads the request, closes the connection: it may have been
+    /// acted on, and nothing says so.
+    Hangup,
 }
 
 /// One request as the upstream received it.
@@ -231,6 +234,9 @@ async fn serve_upstream_connection(
         if behaviour == Behaviour::Stall {
             // Hold the connection open until the test's runtime ends.
             std::future::pending::<()>().await;
+        }
+        if behaviour == Behaviour::Hangup {
+            return;
         }
         let body = json!({"upstream": "fake", "request": count}).to_string();
         // Headers nginx must hide: only its own copies reach the client.
@@ -682,6 +688,27 @@ async fn a_stopped_api_is_a_json_503_with_retry_after() {
         asked.elapsed()
     );
     assert_eq!(db.count().await, 0);
+}
+
+/// A request that reached the upstream and got no answer (the connection
+/// closed) is never sent again, by nginx's retries or by `@fresh_try`
+/// (which only starts requests that never connected): a POST may have been
+/// acted on. The proxy's JSON 503 with `Retry-After` instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_reached_the_upstream_is_never_sent_twice() {
+    let upstream = FakeUpstream::start(Behaviour::Hangup).await;
+    let proxy = Proxy::start(upstream.addr).await;
+    let response = post_json(
+        proxy.public,
+        "/users",
+        &json!({"userid": 1, "username": "once"}),
+    )
+    .await
+    .unwrap();
+    assert_proxy_error(&response, 503, "service_unavailable", "POST hung up");
+    assert_eq!(values(&response, "retry-after"), ["1"]);
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1, "sent {} times: {seen:?}", seen.len());
 }
 
 #[tokio::test(flavor = "multi_thread")]
