@@ -9,7 +9,7 @@ use std::time::Duration;
 use rocket::config::LogLevel;
 use rocket::figment::providers::{Env, Format, Serialized, Toml};
 use rocket::figment::{Figment, Profile, value::Value};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::ConnectOptions;
 use sqlx::mysql::MySqlConnectOptions;
 
@@ -19,8 +19,7 @@ use crate::log::LogFormat;
 /// own layering (defaults < Rocket.toml < `ROCKET_*`) with this service's
 /// defaults slotted in above Rocket's, and `DATABASE_*` on top.
 pub fn figment() -> Figment {
-    Figment::from(rocket::Config::default())
-        .merge(Serialized::defaults(ServiceDefaults::default()))
+    defaults()
         .merge(Toml::file(Env::var_or("ROCKET_CONFIG", "Rocket.toml")).nested())
         .merge(Env::prefixed("ROCKET_").ignore(&["PROFILE"]).global())
         .merge(
@@ -34,112 +33,115 @@ pub fn figment() -> Figment {
         ))
 }
 
-/// Where this service differs from Rocket's defaults.
-#[derive(serde::Serialize)]
-struct ServiceDefaults {
-    /// No `Server: Rocket` header: nothing to fingerprint.
-    ident: bool,
-    /// The service's own log (one line per request, startup and shutdown
-    /// events, in text or JSON) replaces Rocket's multi-line output, which
-    /// costs more than the request itself and would break JSON logs.
-    log_level: LogLevel,
+/// Rocket's defaults, and this service's above them: every default of the
+/// service is stated once, in the `Default` impls below (src/README.md's
+/// configuration table is checked against this figment).
+pub fn defaults() -> Figment {
+    Figment::from(rocket::Config::default()).merge(Serialized::defaults(ServiceDefaults::default()))
 }
 
-impl Default for ServiceDefaults {
-    fn default() -> Self {
-        Self {
-            ident: false,
-            log_level: LogLevel::Off,
-        }
-    }
+#[derive(Default, Serialize)]
+struct ServiceDefaults {
+    /// Rocket's own setting, turned off: no `Server: Rocket` header, nothing
+    /// to fingerprint.
+    ident: bool,
+    #[serde(flatten)]
+    app: AppSettings,
+    databases: Databases,
+}
+
+#[derive(Default, Serialize)]
+struct Databases {
+    users: DatabaseSettings,
 }
 
 /// Application settings that live beside Rocket's own at the top level.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AppSettings {
-    #[serde(default)]
     pub log_format: LogFormat,
     /// Rocket's own records (its `log_level`), bridged into the same log.
-    #[serde(default = "log_off")]
+    /// Off: the service's own log (one line per request, startup and
+    /// shutdown events, in text or JSON) replaces Rocket's multi-line
+    /// output, which costs more than the request itself and would break
+    /// JSON logs.
     pub log_level: LogLevel,
     /// One line per request; off only to measure what logging costs.
-    #[serde(default = "yes")]
     pub access_log: bool,
     /// `GET /metrics` and the request metrics; off only to measure what
     /// they cost (the pool's counters stay: a few atomic increments).
-    #[serde(default = "yes")]
     pub metrics: bool,
     /// The listening socket's backlog (see `listener`); the kernel caps it
     /// at `net.core.somaxconn`. 0 leaves Rocket's (std's 128).
-    #[serde(default = "listen_backlog")]
     pub listen_backlog: u32,
     /// Seconds to stay alive after a clean stop, the listener closed: new
     /// connections are refused (reset) instead of meeting an address that
     /// is gone, until every proxy that finds replicas by name has dropped
     /// this one (compose: 3, over nginx's 2 s re-resolve). 0: exit at once.
-    #[serde(default)]
     pub exit_linger: u64,
 }
 
-fn listen_backlog() -> u32 {
-    4096
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn log_off() -> LogLevel {
-    LogLevel::Off
+impl Default for AppSettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log_level: LogLevel::Off,
+            access_log: true,
+            metrics: true,
+            listen_backlog: 4096,
+            exit_linger: 0,
+        }
+    }
 }
 
 /// `databases.users`: either `url`, or `host` + `port` + `name` + `user` +
 /// `password_file`. Timeouts are in seconds and may be fractional.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DatabaseSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     host: Option<String>,
-    port: Option<u16>,
+    port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     password_file: Option<PathBuf>,
     /// Present only to refuse it: passwords come from files.
+    #[serde(skip_serializing)]
     password: Option<Value>,
-    #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
-    #[serde(default = "defaults::min_connections")]
     pub min_connections: u32,
     /// Bounds one connection attempt and the wait for a pooled connection.
-    #[serde(default = "defaults::connect_timeout")]
     connect_timeout: f64,
-    #[serde(default = "defaults::idle_timeout")]
     idle_timeout: f64,
-    #[serde(default = "defaults::startup_timeout")]
+    /// Keeps retrying the database at start-up for this long.
     startup_timeout: f64,
-    #[serde(default = "defaults::query_timeout")]
+    /// Bounds a whole database call (waiting for a connection included),
+    /// so a stalled server answers 503 as fast as an unreachable one.
     query_timeout: f64,
 }
 
-mod defaults {
-    pub fn max_connections() -> u32 {
-        16
-    }
-    pub fn min_connections() -> u32 {
-        2
-    }
-    pub fn connect_timeout() -> f64 {
-        3.0
-    }
-    pub fn idle_timeout() -> f64 {
-        300.0
-    }
-    pub fn startup_timeout() -> f64 {
-        60.0
-    }
-    /// Bounds a whole database call (waiting for a connection included),
-    /// so a stalled server answers 503 as fast as an unreachable one.
-    pub fn query_timeout() -> f64 {
-        3.0
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            host: None,
+            port: 3306,
+            name: None,
+            user: None,
+            password_file: None,
+            password: None,
+            max_connections: 16,
+            min_connections: 2,
+            connect_timeout: 3.0,
+            idle_timeout: 300.0,
+            startup_timeout: 60.0,
+            query_timeout: 3.0,
+        }
     }
 }
 
@@ -174,7 +176,7 @@ impl DatabaseSettings {
             },
             (None, Some(host)) => format!(
                 "{host}:{}/{}",
-                self.port.unwrap_or(3306),
+                self.port,
                 self.name.as_deref().unwrap_or("")
             ),
             (None, None) => "nowhere".into(),
@@ -213,7 +215,7 @@ impl DatabaseSettings {
                 let user = self.user.as_deref().ok_or("DATABASE_USER is not set")?;
                 let mut options = MySqlConnectOptions::new()
                     .host(host)
-                    .port(self.port.unwrap_or(3306))
+                    .port(self.port)
                     .database(name)
                     .username(user);
                 if let Some(path) = &self.password_file {
@@ -288,8 +290,8 @@ mod tests {
 
     #[test]
     fn defaults_are_the_documented_ones() {
-        // src/README.md's configuration table: pool 16, 2; timeouts 3, 300, 3 s;
-        // startup deadline 60 s.
+        // Without the figment's defaults (serde's, from the same `Default`),
+        // and through the accessors: seconds become durations.
         let s = settings(&[("url", "mysql://u@dbhost/app")]);
         assert_eq!((s.max_connections, s.min_connections), (16, 2));
         assert_eq!(s.connect_timeout(), Duration::from_secs(3));
@@ -303,6 +305,94 @@ mod tests {
         assert!(app.access_log);
         assert_eq!(app.listen_backlog, 4096);
         assert_eq!(app.exit_linger, 0);
+
+        // Rocket reads its own keys from the same defaults.
+        let rocket = rocket::Config::from(defaults());
+        assert_eq!(rocket.log_level, LogLevel::Off);
+        assert_eq!(rocket.ident.as_str(), None);
+    }
+
+    /// One `| `key` | `ENV` | default | ... |` row per setting.
+    fn readme_rows() -> Vec<(String, String, String)> {
+        let readme = include_str!("README.md");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .expect("src/README.md has a Configuration section");
+        section
+            .lines()
+            .take_while(|l| !l.starts_with("## "))
+            .filter(|l| l.starts_with("| `"))
+            .map(|row| {
+                // No cell of the table holds a `|`.
+                let cells: Vec<&str> = row.split('|').skip(1).map(str::trim).collect();
+                let unquote = |cell: &str| cell.trim_matches('`').to_owned();
+                (unquote(cells[0]), unquote(cells[1]), cells[2].to_owned())
+            })
+            .collect()
+    }
+
+    /// A default as the table writes it: `3`, not `3.0`.
+    fn rendered(value: &serde_json::Value) -> String {
+        match value {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+                format!("{}", n.as_f64().unwrap() as i64)
+            }
+            other => other.to_string(),
+        }
+    }
+
+    fn leaf_keys(prefix: &str, value: &serde_json::Value, keys: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (name, inner) in fields {
+                    leaf_keys(&format!("{prefix}{name}."), inner, keys);
+                }
+            }
+            _ => keys.push(prefix.trim_end_matches('.').to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_readme_table_states_every_default() {
+        let rows = readme_rows();
+        assert!(rows.len() > 20, "{rows:?}");
+        let figment = defaults();
+        let ours = serde_json::to_value(ServiceDefaults::default()).unwrap();
+        let mut own_keys = Vec::new();
+        leaf_keys("", &ours, &mut own_keys);
+        for key in &own_keys {
+            assert!(
+                rows.iter().any(|(k, _, _)| k == key),
+                "src/README.md's table misses `{key}`"
+            );
+        }
+        for (key, env, default) in &rows {
+            let expected_env = match key.strip_prefix("databases.users.") {
+                Some(setting) => format!("DATABASE_{}", setting.to_uppercase()),
+                None => format!("ROCKET_{}", key.split('.').next().unwrap().to_uppercase()),
+            };
+            assert_eq!(env, &expected_env, "`{key}`");
+            let value = figment.find_value(key).ok().map(|v| {
+                v.deserialize::<serde_json::Value>()
+                    .expect("a default is plain data")
+            });
+            match (
+                default.strip_prefix('`').and_then(|d| d.strip_suffix('`')),
+                value,
+            ) {
+                (Some(stated), Some(value)) => {
+                    assert_eq!(stated, rendered(&value), "`{key}`'s default")
+                }
+                (Some(stated), None) => panic!("`{key}`: the table says `{stated}`, no default"),
+                (None, Some(value)) => assert!(
+                    default.starts_with('(') && !own_keys.contains(key),
+                    "`{key}`: the table gives no default, the code gives {value}"
+                ),
+                (None, None) => assert!(default.is_empty(), "`{key}`: {default:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! One error type, one JSON shape: `{"error": "<code>", "message": "<text>"}`.
+//! One error type, one JSON shape: `{"error": "<code>", "message": "<text>"}`:
+//! what the layers below report ([`Invalid`], [`DbError`]) becomes an HTTP
+//! answer here, and so does every status Rocket raises by itself.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -11,97 +13,10 @@ use rocket::response::{self, Responder, Response};
 use rocket::{Catcher, catch, catchers};
 use serde::Serialize;
 
-use crate::log;
-use crate::metrics::Metrics;
-
-/// Every code the API can answer with: the `error` field of the JSON body,
-/// the `code` label of `user_api_errors_total`, and the enum of the OpenAPI
-/// document's `Error` schema (a test checks that the document lists exactly
-/// [`ErrorCode::ALL`]). A closed type, so that none of the three can name a
-/// code the others do not know.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::VariantArray,
-    strum::IntoStaticStr,
-    strum::EnumString,
-)]
-#[strum(serialize_all = "snake_case")]
-pub enum ErrorCode {
-    InvalidUserid,
-    InvalidUsername,
-    InvalidLimit,
-    MissingParameter,
-    DuplicateParameter,
-    InvalidParameter,
-    InvalidEncoding,
-    MissingField,
-    InvalidBody,
-    MalformedJson,
-    UnreadableBody,
-    UnsupportedMediaType,
-    PayloadTooLarge,
-    UserNotFound,
-    UserExists,
-    NotFound,
-    MethodNotAllowed,
-    BadRequest,
-    Unprocessable,
-    DatabaseUnavailable,
-    DatabaseInterrupted,
-    Internal,
-    /// A status Rocket raised by itself that no other code describes; the
-    /// answer keeps Rocket's status.
-    #[strum(serialize = "error")]
-    Other,
-}
-
-impl ErrorCode {
-    pub const ALL: &'static [ErrorCode] = <Self as strum::VariantArray>::VARIANTS;
-
-    /// The snake_case code sent to clients.
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
-
-    /// The status this code is answered with. The one exception: a value
-    /// rule broken inside a well-formed JSON body (`invalid_userid`,
-    /// `invalid_username`) is 422 rather than 400, see [`ApiError::unprocessable`].
-    pub fn status(self) -> Status {
-        use ErrorCode as C;
-        match self {
-            C::InvalidUserid
-            | C::InvalidUsername
-            | C::InvalidLimit
-            | C::MissingParameter
-            | C::DuplicateParameter
-            | C::InvalidParameter
-            | C::InvalidEncoding
-            | C::MalformedJson
-            | C::UnreadableBody
-            | C::BadRequest
-            | C::Other => Status::BadRequest,
-            C::MissingField | C::InvalidBody | C::Unprocessable => Status::UnprocessableEntity,
-            C::UnsupportedMediaType => Status::UnsupportedMediaType,
-            C::PayloadTooLarge => Status::PayloadTooLarge,
-            C::UserNotFound | C::NotFound => Status::NotFound,
-            C::UserExists => Status::Conflict,
-            C::MethodNotAllowed => Status::MethodNotAllowed,
-            C::DatabaseUnavailable | C::DatabaseInterrupted => Status::ServiceUnavailable,
-            C::Internal => Status::InternalServerError,
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::db::DbError;
+use crate::domain::Invalid;
+use crate::error_code::ErrorCode;
+use crate::request_id::RequestId;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -109,6 +24,19 @@ pub struct ApiError {
     code: ErrorCode,
     message: Cow<'static, str>,
     allow: Option<String>,
+    /// What went wrong inside, for the log line of a 500; never sent.
+    cause: Option<String>,
+}
+
+/// The code a request was answered with, when it was an error: left in the
+/// request's cache for the metrics, which count answers by code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answered(pub Option<ErrorCode>);
+
+impl Answered {
+    pub fn of(request: &Request<'_>) -> Option<ErrorCode> {
+        request.local_cache(|| Answered(None)).0
+    }
 }
 
 #[derive(Serialize)]
@@ -125,6 +53,7 @@ impl ApiError {
             code,
             message: message.into(),
             allow: None,
+            cause: None,
         }
     }
 
@@ -165,18 +94,6 @@ impl ApiError {
         )
     }
 
-    /// The connection failed under a statement already sent.
-    pub fn is_interruption(error: &sqlx::Error) -> bool {
-        use sqlx::Error as E;
-        match error {
-            E::Io(_) | E::Tls(_) | E::Protocol(_) | E::WorkerCrashed => true,
-            E::Database(db) => db
-                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                .is_some_and(|e| matches!(e.number(), 1053 | 1927 | 2006 | 2013)),
-            _ => false,
-        }
-    }
-
     pub fn internal() -> Self {
         Self::new(
             ErrorCode::Internal,
@@ -190,12 +107,6 @@ impl ApiError {
 
     pub fn code(&self) -> ErrorCode {
         self.code
-    }
-
-    /// Carries the error through Rocket's form machinery so that a query
-    /// parameter's own message and code reach the client.
-    pub fn into_form_error<'v>(self) -> form::Errors<'v> {
-        form::Error::custom(self).into()
     }
 
     /// Turns the outcome of a query-parameter guard into the domain value.
@@ -221,8 +132,8 @@ impl ApiError {
             match &error.kind {
                 form::error::ErrorKind::Missing => return Ok(None),
                 form::error::ErrorKind::Custom(_, inner) => {
-                    if let Some(api) = inner.downcast_ref::<ApiError>() {
-                        return Err(api.clone());
+                    if let Some(invalid) = inner.downcast_ref::<Invalid>() {
+                        return Err(invalid.clone().into());
                     }
                 }
                 _ => {}
@@ -243,47 +154,37 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-impl From<sqlx::Error> for ApiError {
-    fn from(error: sqlx::Error) -> Self {
-        use sqlx::Error as E;
-        match &error {
-            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
-                Self::database_unavailable()
-            }
-            E::Database(db)
-                if db
-                    .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                    .is_some_and(|e| is_transient_server_error(e.number())) =>
-            {
-                Self::database_unavailable()
-            }
-            _ => {
-                log::error(&format!("database error: {error}"));
-                Self::internal()
-            }
+/// A rule broken in a query or path parameter: the code's own status (400).
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        Self::new(invalid.code(), invalid.message().to_owned())
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::Unavailable => Self::database_unavailable(),
+            DbError::Interrupted => Self::database_interrupted(),
+            DbError::Failed(cause) => Self {
+                cause: Some(cause),
+                ..Self::internal()
+            },
         }
     }
 }
 
-/// MySQL/MariaDB error numbers that mean "try again", not "bug".
-fn is_transient_server_error(number: u16) -> bool {
-    matches!(
-        number,
-        1040 // too many connections
-            | 1053 // server shutdown in progress
-            | 1205 // lock wait timeout
-            | 1213 // deadlock
-            | 1927 // connection killed
-            | 2006 // server has gone away
-            | 2013 // lost connection
-    )
-}
-
 impl<'r> Responder<'r, 'static> for ApiError {
     fn respond_to(self, request: &'r Request<'_>) -> response::Result<'static> {
-        // Every error answer passes here, the catchers' too: counted once.
-        if let Some(metrics) = request.rocket().state::<Metrics>() {
-            metrics.error(self.code);
+        // Every error answer passes here, the catchers' too.
+        request.local_cache(|| Answered(Some(self.code)));
+        if let Some(cause) = &self.cause {
+            tracing::error!(
+                request_id = %RequestId::of(request).0,
+                code = %self.code,
+                cause = %cause,
+                "request failed"
+            );
         }
         let body = serde_json::to_string(&Body {
             error: self.code.as_str(),
@@ -378,29 +279,6 @@ fn segment_matches(pattern: &str, segment: &str) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_code_is_snake_case_unique_and_round_trips() {
-        let mut seen = std::collections::BTreeSet::new();
-        for &code in ErrorCode::ALL {
-            let text = code.as_str();
-            assert!(
-                !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{text:?}"
-            );
-            assert!(seen.insert(text), "{text} twice");
-            assert_eq!(text.parse::<ErrorCode>(), Ok(code));
-            assert!(code.status().code >= 400, "{text}");
-        }
-    }
-
-    /// The metrics index their per-code counters by `code as usize`.
-    #[test]
-    fn all_is_in_declaration_order() {
-        for (i, &code) in ErrorCode::ALL.iter().enumerate() {
-            assert_eq!(code as usize, i, "{code}");
-        }
-    }
-
     use rocket::local::blocking::Client;
     use rocket::{get, routes};
 
@@ -457,49 +335,30 @@ mod tests {
     }
 
     #[test]
-    fn only_transient_server_errors_mean_try_again() {
-        for retry in [1040, 1053, 1205, 1213, 1927, 2006, 2013] {
-            assert!(is_transient_server_error(retry), "{retry}");
+    fn database_failures_are_503_only_when_worth_a_retry() {
+        for (failure, status, code) in [
+            (DbError::Unavailable, 503, "database_unavailable"),
+            (DbError::Interrupted, 503, "database_interrupted"),
+            (DbError::Failed("no such table".into()), 500, "internal"),
+        ] {
+            let error = ApiError::from(failure);
+            assert_eq!((error.status().code, error.code().as_str()), (status, code));
         }
-        // Duplicate key, syntax error, unknown table, access denied: bugs or
-        // configuration, not worth a retry.
-        for bug in [1062, 1064, 1146, 1045] {
-            assert!(!is_transient_server_error(bug), "{bug}");
-        }
+        // The cause is for the log only.
+        let error = ApiError::from(DbError::Failed("Table 'x' doesn't exist".into()));
+        assert!(!error.to_string().contains("Table"), "{error}");
     }
 
     #[test]
-    fn a_lost_connection_under_a_sent_statement_is_an_interruption() {
-        let lost = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        assert!(ApiError::is_interruption(&sqlx::Error::Io(lost)));
-        assert!(ApiError::is_interruption(&sqlx::Error::Protocol(
-            "packet out of order".into()
-        )));
-        assert!(ApiError::is_interruption(&sqlx::Error::WorkerCrashed));
-        // Never sent, or answered: not an interruption.
-        assert!(!ApiError::is_interruption(&sqlx::Error::PoolTimedOut));
-        assert!(!ApiError::is_interruption(&sqlx::Error::RowNotFound));
+    fn a_rule_broken_in_a_parameter_is_a_400_with_the_rules_own_code() {
+        let error = ApiError::from(Invalid::new(ErrorCode::InvalidUsername, "too long"));
+        assert_eq!(error.status(), Status::BadRequest);
+        assert_eq!(error.to_string(), "invalid_username: too long");
     }
 
     #[test]
     fn display_is_code_then_message() {
         let error = ApiError::new(ErrorCode::InvalidLimit, "limit must be an integer");
         assert_eq!(error.to_string(), "invalid_limit: limit must be an integer");
-    }
-
-    #[test]
-    fn sqlx_errors_map_to_503_or_500() {
-        for gone in [
-            sqlx::Error::PoolTimedOut,
-            sqlx::Error::PoolClosed,
-            sqlx::Error::WorkerCrashed,
-        ] {
-            assert_eq!(ApiError::from(gone).code(), ErrorCode::DatabaseUnavailable);
-        }
-        let bug = ApiError::from(sqlx::Error::RowNotFound);
-        assert_eq!(
-            (bug.status(), bug.code()),
-            (Status::InternalServerError, ErrorCode::Internal)
-        );
     }
 }

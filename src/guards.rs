@@ -6,14 +6,16 @@ use rocket::http::RawStr;
 use rocket::outcome::Outcome;
 use rocket::request::{self, FromRequest, Request};
 
-use crate::domain::FromJson;
-use crate::error::{ApiError, ErrorCode};
+use crate::domain::{FromJson, Invalid};
+use crate::error::ApiError;
+use crate::error_code::ErrorCode;
 
 /// The API takes tiny bodies; nginx's `client_max_body_size` matches.
 pub const BODY_LIMIT_BYTES: u64 = 16 * 1024;
 
 /// A JSON body parsed into `T`: 415 for another media type, 413 past the
-/// limit, 400 for malformed JSON, 422 for a well-formed body that breaks a rule.
+/// limit, 400 for malformed JSON, 422 for a well-formed body that breaks a
+/// rule (the same rule broken in a query parameter is a 400).
 pub struct JsonBody<T>(pub T);
 
 #[rocket::async_trait]
@@ -61,7 +63,11 @@ async fn parse<T: FromJson>(request: &Request<'_>, data: Data<'_>) -> Result<T, 
             format!("the body is not valid JSON: {e}"),
         )
     })?;
-    T::from_json(value)
+    T::from_json(value).map_err(broken_in_body)
+}
+
+fn broken_in_body(invalid: Invalid) -> ApiError {
+    ApiError::from(invalid).unprocessable()
 }
 
 /// Checks what Rocket's query parsing lets through: it decodes lossily (bad
@@ -104,4 +110,32 @@ fn check_query(request: &Request<'_>) -> Result<(), ApiError> {
         seen.push(name);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{User, UserName};
+    use rocket::http::Status;
+    use serde_json::json;
+
+    #[test]
+    fn a_json_body_that_breaks_a_rule_is_422_and_says_which() {
+        for (body, code) in [
+            (json!({"userid": "1", "username": "x"}), "invalid_userid"),
+            (json!({"userid": 1, "username": ""}), "invalid_username"),
+            (json!({"userid": 1}), "missing_field"),
+            (json!([1, "x"]), "invalid_body"),
+        ] {
+            let err = broken_in_body(User::from_json(body.clone()).unwrap_err());
+            assert_eq!(
+                (err.status(), err.code().as_str()),
+                (Status::UnprocessableEntity, code),
+                "{body}"
+            );
+        }
+        // The same rule in a query parameter is a 400.
+        let err = ApiError::from(UserName::parse("").unwrap_err());
+        assert_eq!(err.status(), Status::BadRequest);
+    }
 }

@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use crate::config;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -25,32 +27,28 @@ pub fn run() -> ExitCode {
     match probe(SocketAddr::new(target, port)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("healthcheck: http://{target}:{port}/healthz: {e}");
+            eprintln!("healthcheck: http://{target}:{port}/healthz: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn probe(address: SocketAddr) -> Result<(), String> {
-    let mut stream = TcpStream::connect_timeout(&address, TIMEOUT).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(TIMEOUT))
-        .map_err(|e| e.to_string())?;
+fn probe(address: SocketAddr) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&address, TIMEOUT).context("cannot connect")?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
     stream
         .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+        .context("cannot send the request")?;
     let mut head = Vec::with_capacity(64);
     stream
         .take(64)
         .read_to_end(&mut head)
-        .map_err(|e| e.to_string())?;
+        .context("no answer")?;
     let status_line = String::from_utf8_lossy(&head);
     let status_line = status_line.lines().next().unwrap_or("");
     match status_line.split(' ').nth(1) {
         Some("200") => Ok(()),
-        _ => Err(format!("unexpected answer {status_line:?}")),
+        _ => anyhow::bail!("unexpected answer {status_line:?}"),
     }
 }

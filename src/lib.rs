@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod error_code;
 mod guards;
 pub mod healthcheck;
 mod listener;
@@ -22,27 +23,30 @@ use rocket::{Build, Rocket};
 use rocket_db_pools::Database;
 
 pub use guards::BODY_LIMIT_BYTES;
-pub use request_id::HEADER as REQUEST_ID_HEADER;
 
 /// The server as configured by Rocket.toml, `ROCKET_*` and `DATABASE_*`.
 pub fn rocket() -> Rocket<Build> {
     build(config::figment())
 }
 
+/// The server for `figment`. Logs go to whatever subscriber the caller
+/// installed (`main` installs [`log::init`]'s).
 pub fn build(figment: Figment) -> Rocket<Build> {
     let settings = figment.extract::<config::AppSettings>();
-    if let Ok(settings) = &settings {
-        log::init(settings.log_format, settings.log_level);
-    }
-    let access_log = settings.as_ref().map_or(true, |s| s.access_log);
-    let with_metrics = settings.as_ref().map_or(true, |s| s.metrics);
-    let listen_backlog = settings.as_ref().map_or(0, |s| s.listen_backlog);
+    // Invalid settings stop the server at ignition (below); until then the
+    // defaults stand in.
+    let config::AppSettings {
+        access_log,
+        metrics: with_metrics,
+        listen_backlog,
+        ..
+    } = settings.clone().unwrap_or_default();
     let rocket = rocket::custom(figment)
         .attach(AdHoc::try_on_ignite("app settings", |rocket| async move {
             match settings {
                 Ok(_) => Ok(rocket),
                 Err(e) => {
-                    log::error(&format!("invalid configuration: {e}"));
+                    tracing::error!(reason = %e, "invalid configuration");
                     Err(rocket)
                 }
             }
@@ -66,11 +70,13 @@ pub fn build(figment: Figment) -> Rocket<Build> {
             Box::pin(async move {
                 if listen_backlog > 0 && port != 0 {
                     match listener::raise_backlog(port, listen_backlog) {
-                        Ok(0) => log::warn(&format!(
-                            "listen backlog left at 128: no listening socket found on port {port}"
-                        )),
+                        Ok(0) => tracing::warn!(
+                            port,
+                            reason = "no listening socket found on the port",
+                            "listen backlog left at 128"
+                        ),
                         Ok(_) => {}
-                        Err(e) => log::warn(&format!("listen backlog left at 128: {e}")),
+                        Err(e) => tracing::warn!(port, reason = %e, "listen backlog left at 128"),
                     }
                 }
             })
@@ -78,16 +84,16 @@ pub fn build(figment: Figment) -> Rocket<Build> {
         .attach(AdHoc::on_liftoff("announce", |rocket| {
             Box::pin(async move {
                 let config = rocket.config();
-                log::info(&format!(
-                    "user-api {} listening on {}:{}",
-                    env!("CARGO_PKG_VERSION"),
-                    config.address,
-                    config.port
-                ));
+                tracing::info!(
+                    version = env!("CARGO_PKG_VERSION"),
+                    address = %config.address,
+                    port = config.port,
+                    "user-api listening"
+                );
             })
         }))
         .attach(AdHoc::on_shutdown("farewell", |_| {
-            Box::pin(async { log::info("shutting down: finishing requests in flight") })
+            Box::pin(async { tracing::info!("shutting down: finishing requests in flight") })
         }))
         .mount("/", routes::all())
         .register("/", error::catchers())

@@ -16,15 +16,17 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use rocket::config::LogLevel;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// `Default` only for the access line's fallback, before any `init`:
+    /// the configured default is `config::AppSettings`'.
     #[default]
     Text,
     Json,
@@ -39,8 +41,9 @@ static WORKER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 /// ~400 lines.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
-/// The first call wins: format and levels are fixed for the life of the
-/// process (the tests build many servers in one process).
+/// Installs the process's subscriber; `main` calls it once, before anything
+/// logs. A second call changes nothing (the tests build many servers in one
+/// process).
 pub fn init(format: LogFormat, rocket_level: LogLevel) {
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
@@ -89,18 +92,6 @@ fn rocket_filter(level: LogLevel) -> LevelFilter {
 /// Writes out every queued line; call it last, before the process exits.
 pub fn finish() {
     drop(WORKER.lock().unwrap_or_else(|e| e.into_inner()).take());
-}
-
-pub fn info(message: &str) {
-    tracing::info!("{message}");
-}
-
-pub fn warn(message: &str) {
-    tracing::warn!("{message}");
-}
-
-pub fn error(message: &str) {
-    tracing::error!("{message}");
 }
 
 /// The access log line. The query string is left out on purpose: it carries

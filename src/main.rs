@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
-use rocket::{Phase, Rocket};
+use rocket::{Build, Phase, Rocket};
 use rocket_db_pools::Database;
+use user_api::config::AppSettings;
 use user_api::db::Db;
 
 const USAGE: &str = "usage: user-api [healthcheck | pre-stop SECONDS | --version]
@@ -61,45 +62,16 @@ fn pre_stop_wait(seconds: &str) -> Option<std::time::Duration> {
 }
 
 fn serve() -> ExitCode {
-    let served = rocket::execute(async {
-        match user_api::rocket().launch().await {
-            Ok(rocket) => {
-                close_pool(&rocket).await;
-                linger(&rocket).await;
-                Ok(())
-            }
-            Err(e) => match e.kind() {
-                // Rocket 0.5.2 returns this, with requests still in flight,
-                // on two paths: a SIGTERM that lands between two polls of its
-                // shutdown select ends the accept loop first and launch()
-                // returns at once (its shutdown fairings skipped); or a
-                // request outlives grace + mercy + 1 s (a database call may
-                // be allowed longer). Wait for them as the nominal path would
-                // have, so that no write is cut off by closing the pool.
-                rocket::error::ErrorKind::Shutdown(rocket, None) => {
-                    user_api::log::info("shutting down: waiting for the requests still in flight");
-                    let limit = user_api::shutdown::in_flight_limit(&rocket.config().shutdown);
-                    if user_api::shutdown::wait_until_sole_owner(rocket, limit).await {
-                        close_pool(rocket).await;
-                        linger(rocket).await;
-                        Ok(())
-                    } else {
-                        // Not closing the pool: that would wait for the very
-                        // connections those requests hold.
-                        Err(format!(
-                            "abandoned the requests still in flight after waiting {} s for them",
-                            limit.as_secs()
-                        ))
-                    }
-                }
-                _ => Err(reason(e.kind())),
-            },
-        }
-    });
-    let code = match served {
+    let figment = user_api::config::figment();
+    // The log first, so that everything after it is a log line. Settings
+    // that do not parse stop the server at ignition, which says why; until
+    // then the defaults' format stands in.
+    let settings: AppSettings = figment.extract().unwrap_or_default();
+    user_api::log::init(settings.log_format, settings.log_level);
+    let code = match rocket::execute(run(user_api::build(figment))) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(reason) => {
-            user_api::log::error(&format!("stopped: {reason}"));
+        Err(e) => {
+            tracing::error!(reason = %format_args!("{e:#}"), "stopped");
             ExitCode::FAILURE
         }
     };
@@ -107,13 +79,45 @@ fn serve() -> ExitCode {
     code
 }
 
-fn reason(error: &rocket::error::ErrorKind) -> String {
-    match error {
-        rocket::error::ErrorKind::Config(e) => format!("invalid configuration: {e}"),
-        rocket::error::ErrorKind::Bind(e) => format!("cannot listen: {e}"),
-        // The failing fairing has logged its own reason already.
-        other => other.to_string(),
-    }
+async fn run(server: Rocket<Build>) -> anyhow::Result<()> {
+    let stopped = match server.launch().await {
+        Ok(rocket) => rocket,
+        Err(e) => match e.kind() {
+            // Rocket 0.5.2 returns this, with requests still in flight,
+            // on two paths: a SIGTERM that lands between two polls of its
+            // shutdown select ends the accept loop first and launch()
+            // returns at once (its shutdown fairings skipped); or a
+            // request outlives grace + mercy + 1 s (a database call may
+            // be allowed longer). Wait for them as the nominal path would
+            // have, so that no write is cut off by closing the pool.
+            rocket::error::ErrorKind::Shutdown(rocket, None) => {
+                tracing::info!("shutting down: waiting for the requests still in flight");
+                let limit = user_api::shutdown::in_flight_limit(&rocket.config().shutdown);
+                if !user_api::shutdown::wait_until_sole_owner(rocket, limit).await {
+                    // Not closing the pool: that would wait for the very
+                    // connections those requests hold.
+                    anyhow::bail!(
+                        "abandoned the requests still in flight after waiting {} s for them",
+                        limit.as_secs()
+                    );
+                }
+                close_pool(rocket).await;
+                linger(rocket).await;
+                return Ok(());
+            }
+            rocket::error::ErrorKind::Config(e) => {
+                return Err(anyhow::Error::new(e.clone()).context("invalid configuration"));
+            }
+            rocket::error::ErrorKind::Bind(e) => {
+                return Err(anyhow::anyhow!("{e}").context("cannot listen"));
+            }
+            // The failing fairing has logged its own reason already.
+            other => anyhow::bail!("{other}"),
+        },
+    };
+    close_pool(&stopped).await;
+    linger(&stopped).await;
+    Ok(())
 }
 
 /// `exit_linger`: the listener is closed by now (Rocket drops it when its
@@ -124,12 +128,13 @@ fn reason(error: &rocket::error::ErrorKind) -> String {
 async fn linger<P: Phase>(rocket: &Rocket<P>) {
     let seconds = rocket
         .figment()
-        .extract::<user_api::config::AppSettings>()
+        .extract::<AppSettings>()
         .map_or(0, |settings| settings.exit_linger);
     if seconds > 0 {
-        user_api::log::info(&format!(
-            "stopped listening; exiting in {seconds} s (exit_linger)"
-        ));
+        tracing::info!(
+            exit_linger_s = seconds,
+            "stopped listening; exiting after exit_linger"
+        );
         tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use rocket::fairing::{Fairing, Info, Kind};
 use rocket::http::Header;
-use rocket::request::{self, FromRequest, Request};
+use rocket::request::Request;
 use rocket::{Data, Response};
 
 use crate::log;
@@ -19,7 +19,7 @@ pub const HEADER: &str = "X-Request-Id";
 pub struct RequestId(pub String);
 
 impl RequestId {
-    fn of<'r>(request: &'r Request<'_>) -> &'r RequestId {
+    pub fn of<'r>(request: &'r Request<'_>) -> &'r RequestId {
         request.local_cache(|| {
             let given = request
                 .headers()
@@ -53,15 +53,6 @@ fn generate() -> String {
         hasher.finish()
     };
     format!("{:016x}{:016x}", half(a), half(b))
-}
-
-#[rocket::async_trait]
-impl<'r> FromRequest<'r> for &'r RequestId {
-    type Error = std::convert::Infallible;
-
-    async fn from_request(request: &'r Request<'_>) -> request::Outcome<Self, Self::Error> {
-        request::Outcome::Success(RequestId::of(request))
-    }
 }
 
 /// When the request arrived (the request fairing's first act); the metrics

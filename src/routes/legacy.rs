@@ -27,7 +27,9 @@ async fn create_user(
         userid: ApiError::from_param("userid", userid)?,
         username: ApiError::from_param("username", username)?,
     };
-    db.create(&user).await?;
+    if !db.create(&user).await? {
+        return Err(ApiError::user_exists());
+    }
     Ok(super::users::created(user))
 }
 

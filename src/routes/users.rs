@@ -7,7 +7,7 @@ use rocket::{Route, delete, get, post, put, routes};
 use serde::Serialize;
 
 use crate::db::Db;
-use crate::domain::{PageSize, Rename, User, UserId};
+use crate::domain::{Invalid, PageSize, Rename, User, UserId};
 use crate::error::ApiError;
 use crate::guards::{JsonBody, StrictQuery};
 
@@ -25,12 +25,14 @@ async fn create(
     body: Result<JsonBody<User>, ApiError>,
 ) -> Result<Created<Json<User>>, ApiError> {
     let JsonBody(user) = body?;
-    db.create(&user).await?;
+    if !db.create(&user).await? {
+        return Err(ApiError::user_exists());
+    }
     Ok(created(user))
 }
 
 #[get("/users/<userid>")]
-async fn read(db: &Db, userid: Result<UserId, ApiError>) -> Result<Json<User>, ApiError> {
+async fn read(db: &Db, userid: Result<UserId, Invalid>) -> Result<Json<User>, ApiError> {
     db.find(userid?)
         .await?
         .map(Json)
@@ -40,7 +42,7 @@ async fn read(db: &Db, userid: Result<UserId, ApiError>) -> Result<Json<User>, A
 #[put("/users/<userid>", data = "<body>")]
 async fn update(
     db: &Db,
-    userid: Result<UserId, ApiError>,
+    userid: Result<UserId, Invalid>,
     body: Result<JsonBody<Rename>, ApiError>,
 ) -> Result<Json<User>, ApiError> {
     let userid = userid?;
@@ -53,7 +55,7 @@ async fn update(
 }
 
 #[delete("/users/<userid>")]
-async fn remove(db: &Db, userid: Result<UserId, ApiError>) -> Result<NoContent, ApiError> {
+async fn remove(db: &Db, userid: Result<UserId, Invalid>) -> Result<NoContent, ApiError> {
     if db.delete(userid?).await? {
         Ok(NoContent)
     } else {

@@ -119,6 +119,7 @@ async fn health_and_readiness_answer_while_the_database_does() {
 /// is a 503 (`Retry-After`), a bug is a 500 and never a "retry shortly".
 #[tokio::test(flavor = "multi_thread")]
 async fn database_errors_are_503_only_when_worth_a_retry() {
+    use user_api::db::DbError;
     use user_api::error::ApiError;
 
     let db = TestDb::create(shared_server()).await;
@@ -130,7 +131,7 @@ async fn database_errors_are_503_only_when_worth_a_retry() {
         .execute(&mut waiter)
         .await
         .unwrap_err();
-    let error = ApiError::from(unknown);
+    let error = ApiError::from(DbError::after_sending(&unknown));
     assert_eq!(
         (error.status().code, error.code().as_str()),
         (500, "internal")
@@ -157,7 +158,7 @@ async fn database_errors_are_503_only_when_worth_a_retry() {
         .as_database_error()
         .and_then(|e| e.code())
         .map(|c| c.into_owned());
-    let error = ApiError::from(waited);
+    let error = ApiError::from(DbError::after_sending(&waited));
     assert_eq!(
         (error.status().code, error.code().as_str()),
         (503, "database_unavailable"),

@@ -218,11 +218,14 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<()>>, log: &Log) -> Vec<Atte
 /// Every acknowledged id is stored with the name it was sent with: one
 /// query for the table, then a check per id.
 async fn assert_all_stored(db: &TestDb, attempts: &[Attempt]) -> usize {
-    let rows: Vec<(u32, String)> = sqlx::query_as("SELECT userid, username FROM users")
+    let rows: Vec<(u32, Vec<u8>)> = sqlx::query_as("SELECT userid, username FROM users")
         .fetch_all(&mut db.connect().await)
         .await
         .unwrap();
-    let stored: HashMap<u32, String> = rows.into_iter().collect();
+    let stored: HashMap<u32, String> = rows
+        .into_iter()
+        .map(|(id, name)| (id, String::from_utf8(name).expect("a stored name is UTF-8")))
+        .collect();
     let acknowledged: Vec<u32> = attempts
         .iter()
         .filter(|a| a.acknowledged())

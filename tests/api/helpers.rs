@@ -431,13 +431,15 @@ impl TestDb {
         }
     }
 
-    /// The stored row, read behind the API's back.
+    /// The stored row, read behind the API's back: its bytes, which must be
+    /// UTF-8 (sqlx 0.8 decodes a binary-collated column only as bytes).
     pub async fn stored_name(&self, userid: u32) -> Option<String> {
-        sqlx::query_scalar("SELECT username FROM users WHERE userid = ?")
+        sqlx::query_scalar::<_, Vec<u8>>("SELECT username FROM users WHERE userid = ?")
             .bind(userid)
             .fetch_optional(&mut self.connect().await)
             .await
             .unwrap()
+            .map(|bytes| String::from_utf8(bytes).expect("a stored name is UTF-8"))
     }
 
     pub async fn count(&self) -> i64 {
@@ -479,7 +481,7 @@ impl Drop for TestDb {
 
 // ------------------------------------------------------------ the app
 
-/// The pool settings a test chooses; the others stay as in Rocket.toml.
+/// The pool settings a test chooses; the others keep their defaults.
 pub struct PoolSettings {
     pub max_connections: u32,
     pub min_connections: u32,

@@ -28,14 +28,14 @@ async fn startup_waits_for_a_late_database() {
 
     api.wait_healthy(Duration::from_secs(30)).await;
     let logs = api.logs();
-    assert!(logs.contains("not reachable (attempt 1)"), "{logs}");
+    assert!(logs.contains("database not reachable; retrying"), "{logs}");
     // The retries back off, doubling from 250 ms (up to 5 s).
-    for (attempt, delay) in [(1, "250.00ms"), (2, "500.00ms")] {
+    for (attempt, delay) in [(1, 250), (2, 500)] {
         let line = logs
             .lines()
-            .find(|l| l.contains(&format!("not reachable (attempt {attempt})")))
+            .find(|l| l.contains(&format!(" attempt={attempt} ")))
             .unwrap_or_else(|| panic!("no attempt {attempt} in {logs}"));
-        assert!(line.ends_with(&format!("retrying in {delay}")), "{line}");
+        assert!(line.ends_with(&format!(" retry_in_ms={delay}")), "{line}");
     }
     assert!(logs.contains("database ready"), "{logs}");
     let ready = get(api.addr(), "/readyz").await.unwrap();
@@ -65,7 +65,7 @@ async fn startup_gives_up_at_the_deadline_with_a_clear_message() {
     );
     assert!(!logs.contains("panicked"), "{logs}");
     // rocket_db_pools reports the failed pool with the error's text (the
-    // `StartupError`'s): the reason must be there too, not an empty one.
+    // `PoolError`'s): the reason must be there too, not an empty one.
     let reported = logs
         .lines()
         .find(|l| l.contains("failed to initialize database"))
@@ -108,7 +108,7 @@ async fn a_database_outage_gives_503_then_recovers_by_itself() {
     server.stop();
     for (target, codes) in [
         // A pooled connection used within the last second is not pinged
-        // first (src/db.rs): the first statement may find it dead, after
+        // first (src/db/mod.rs): the first statement may find it dead, after
         // it was sent, and say so. Then the API knows the database is down.
         (
             "/users/1",
@@ -281,7 +281,7 @@ async fn a_write_still_held_after_the_apis_own_wait_is_abandoned_with_exit_1() {
     let logs = api.logs();
     assert_eq!(code, Some(1), "{logs}");
     assert!(
-        logs.contains("stopped: abandoned the requests still in flight after waiting 3 s"),
+        logs.contains("stopped reason=abandoned the requests still in flight after waiting 3 s"),
         "{logs}"
     );
 }
@@ -299,12 +299,12 @@ async fn a_taken_port_or_a_refused_setting_stops_it_with_the_reason() {
         (
             "ROCKET_PORT",
             taken_port.as_str(),
-            "stopped: cannot listen: ",
+            "stopped reason=cannot listen: ",
         ),
         (
             "ROCKET_KEEP_ALIVE",
             "forever",
-            "stopped: invalid configuration: ",
+            "stopped reason=invalid configuration: ",
         ),
     ] {
         let mut api = ApiProcess::spawn(&[("DATABASE_URL", url.as_str()), (setting, value)]);
@@ -578,7 +578,7 @@ async fn after_a_stop_it_lingers_refusing_connections_then_exits_0() {
     let addr = api.addr();
     api.signal("TERM");
     api.wait_for_log(
-        "stopped listening; exiting in 2 s (exit_linger)",
+        "stopped listening; exiting after exit_linger exit_linger_s=2",
         Duration::from_secs(10),
     )
     .await;
@@ -636,6 +636,27 @@ async fn json_logs_are_one_object_per_line() {
     .await
     .unwrap();
     assert_eq!(response.status, 404);
+    // A database failure: its application line carries the request's id.
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE INSERT ON users FOR EACH ROW \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a trigger'",
+    )
+    .execute(&mut db.connect().await)
+    .await
+    .unwrap();
+    let failed = request(
+        api.addr(),
+        "POST",
+        "/users",
+        &[
+            ("X-Request-Id", "json-log-2"),
+            ("Content-Type", "application/json"),
+        ],
+        Some(br#"{"userid": 1, "username": "Ada"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed.status, 500, "{}", failed.body);
     api.signal("TERM");
     assert_eq!(api.wait_exit(Duration::from_secs(15)).await, Some(0));
     let logs = api.logs();
@@ -651,6 +672,24 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(access["path"], "/users/12");
     assert_eq!(access["status"], 404);
     assert!(access["latency_ms"].as_f64().is_some());
+    let failure = lines
+        .iter()
+        .find(|l| l["request_id"] == "json-log-2" && l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no line with the failed request's id in {logs}"));
+    assert_eq!(failure["message"], "request failed");
+    assert_eq!(failure["code"], "internal");
+    assert!(
+        failure["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("refused by a trigger")),
+        "{failure}"
+    );
+    // Every line is a message with fields, none a sentence with values in it.
+    let ready = lines
+        .iter()
+        .find(|l| l["message"] == "database ready")
+        .unwrap_or_else(|| panic!("no start-up line in {logs}"));
+    assert!(ready["database"].as_str().is_some(), "{ready}");
 }
 
 /// The access log is written off the request path (src/log.rs): under a

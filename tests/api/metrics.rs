@@ -9,7 +9,7 @@ use rocket::http::Status;
 use rocket_db_pools::Database;
 use serde_json::json;
 use user_api::db::Db;
-use user_api::error::ErrorCode;
+use user_api::error_code::ErrorCode;
 
 use crate::helpers::{
     HttpResponse, Nginx, PoolSettings, Served, Server, TestDb, client, figment, get, post_json,

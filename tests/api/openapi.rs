@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use rocket::http::Status;
 use serde_json::Value;
 
-use user_api::error::ErrorCode;
+use user_api::error_code::ErrorCode;
 
 use crate::helpers::{TestDb, client, shared_server};
 

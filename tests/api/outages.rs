@@ -251,7 +251,7 @@ async fn a_server_error_1927_under_a_statement_is_database_interrupted() {
 }
 
 /// A pooled connection idle for a second or more is pinged before it is
-/// lent (src/db.rs): after a database restart the API has not noticed, the
+/// lent (src/db/mod.rs): after a database restart the API has not noticed, the
 /// dead connections are replaced and the request is served, not a 503.
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_restart_idle_connections_are_replaced_before_use() {

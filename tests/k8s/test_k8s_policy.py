@@ -477,7 +477,7 @@ def test_a_rollout_loses_no_request(docs):
     assert command[:2] == [CONTRACT["api"]["entrypoint"][0], "pre-stop"], command
     pre_stop = int(command[2])
     assert 3 <= pre_stop <= 60, pre_stop
-    grace, mercy = 2, 3  # Rocket.toml [default.shutdown]; the containers run without the file
+    grace, mercy = 2, 3  # Rocket's shutdown defaults (src/README.md, "Configuration")
     assert spec["terminationGracePeriodSeconds"] >= pre_stop + grace + mercy + 1
 
 
