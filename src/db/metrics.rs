@@ -25,6 +25,7 @@ pub struct PoolMetrics {
     idle: IntGauge,
     in_use: IntGauge,
     reachable: IntGauge,
+    checks: IntCounter,
     waits: IntCounter,
     acquire_failures: IntCounter,
     acquire_seconds: Histogram,
@@ -73,6 +74,11 @@ impl PoolMetrics {
                 "Connections lent to a request",
             ),
             reachable,
+            checks: counter(
+                "database_checks_total",
+                "One-off reachability checks started (one connection attempt each) after a \
+                 statement broke or got no answer; statements failing together share one",
+            ),
             waits: counter(
                 "db_pool_acquire_waits_total",
                 "Acquisitions that found no idle connection and had to wait for one (or for a new one)",
@@ -127,13 +133,18 @@ impl PoolMetrics {
         self.reachable.set(i64::from(reachable));
     }
 
-    fn collectors(&self) -> [&dyn Collector; 9] {
+    pub fn check_started(&self) {
+        self.checks.inc();
+    }
+
+    fn collectors(&self) -> [&dyn Collector; 10] {
         [
             &self.max,
             &self.size,
             &self.idle,
             &self.in_use,
             &self.reachable,
+            &self.checks,
             &self.waits,
             &self.acquire_failures,
             &self.acquire_seconds,
@@ -191,7 +202,7 @@ mod tests {
             .collect();
         described.sort();
         collected.sort();
-        assert_eq!(described.len(), 9, "{described:?}");
+        assert_eq!(described.len(), 10, "{described:?}");
         assert_eq!(described, collected);
     }
 }

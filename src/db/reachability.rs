@@ -69,6 +69,7 @@ impl Reachability {
         if self.is_down() || self.checking.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.metrics.check_started();
         let (this, pool) = (self.clone(), pool.clone());
         tokio::spawn(async move {
             if !this.answers().await {
