@@ -79,6 +79,10 @@ pub struct AppSettings {
     /// is gone, until every proxy that finds replicas by name has dropped
     /// this one (compose: 3, over nginx's 2 s re-resolve). 0: exit at once.
     pub exit_linger: u64,
+    /// `PUT` and `DELETE /users/<id>` without `If-Match` get 428: every
+    /// client must say which version it replaces. Off: they behave as
+    /// without conditions.
+    pub require_if_match: bool,
 }
 
 impl Default for AppSettings {
@@ -90,6 +94,7 @@ impl Default for AppSettings {
             metrics: true,
             listen_backlog: 4096,
             exit_linger: 0,
+            require_if_match: false,
         }
     }
 }

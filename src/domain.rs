@@ -174,6 +174,50 @@ pub struct User {
     pub username: UserName,
 }
 
+/// A stored user's version: a new one with every write, never reused for the
+/// same userid (migrations/20261205000000_users_version.sql says how).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Version(u64);
+
+impl Version {
+    pub fn from_stored(n: u64) -> Self {
+        Self(n)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A user as stored, with the version its representation is tagged with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUser {
+    pub user: User,
+    pub version: Version,
+}
+
+/// What a write requires of the stored version (a request's `If-Match` and
+/// `If-None-Match`), decided by the database in the write itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VersionCondition {
+    /// Only if the stored version is one of these; `None`: whatever it is.
+    pub one_of: Option<Vec<Version>>,
+    /// Only if the stored version is none of these.
+    pub none_of: Vec<Version>,
+    /// Only if nothing is stored (`If-None-Match: *`): never, for a write
+    /// to an existing user.
+    pub only_if_absent: bool,
+}
+
+/// A conditional write's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conditional<T> {
+    Done(T),
+    NotFound,
+    /// The user is there, but its version is not what the condition asks.
+    PreconditionFailed,
+}
+
 /// How many users one page of `GET /users` holds: 1..=100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageSize(u8);

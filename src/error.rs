@@ -76,6 +76,16 @@ impl ApiError {
         )
     }
 
+    /// RFC 9110 13.1.1: the user is there, but not in the version the
+    /// client's `If-Match` names (or `If-None-Match` excludes).
+    pub fn precondition_failed() -> Self {
+        Self::new(
+            ErrorCode::PreconditionFailed,
+            "the user has changed since the version your If-Match names: read it again, then \
+             retry with its new ETag",
+        )
+    }
+
     pub fn database_unavailable() -> Self {
         Self::new(
             ErrorCode::DatabaseUnavailable,

@@ -36,8 +36,11 @@ pub enum ErrorCode {
     UnreadableBody,
     UnsupportedMediaType,
     PayloadTooLarge,
+    InvalidEntityTag,
     UserNotFound,
     UserExists,
+    PreconditionFailed,
+    PreconditionRequired,
     NotFound,
     MethodNotAllowed,
     BadRequest,
@@ -74,6 +77,7 @@ impl ErrorCode {
             | C::InvalidEncoding
             | C::MalformedJson
             | C::UnreadableBody
+            | C::InvalidEntityTag
             | C::BadRequest
             | C::Other => Status::BadRequest,
             C::MissingField | C::InvalidBody | C::Unprocessable => Status::UnprocessableEntity,
@@ -81,6 +85,8 @@ impl ErrorCode {
             C::PayloadTooLarge => Status::PayloadTooLarge,
             C::UserNotFound | C::NotFound => Status::NotFound,
             C::UserExists => Status::Conflict,
+            C::PreconditionFailed => Status::PreconditionFailed,
+            C::PreconditionRequired => Status::PreconditionRequired,
             C::MethodNotAllowed => Status::MethodNotAllowed,
             C::DatabaseUnavailable | C::DatabaseInterrupted => Status::ServiceUnavailable,
             C::Internal => Status::InternalServerError,

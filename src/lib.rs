@@ -3,6 +3,7 @@
 //! [`rocket`] builds the server from the environment; [`build`] from a given
 //! figment, which is how the tests point it at their own database.
 
+mod conditional;
 pub mod config;
 pub mod db;
 pub mod domain;
@@ -39,6 +40,7 @@ pub fn build(figment: Figment) -> Rocket<Build> {
         access_log,
         metrics: with_metrics,
         listen_backlog,
+        require_if_match,
         ..
     } = settings.clone().unwrap_or_default();
     let rocket = rocket::custom(figment)
@@ -54,6 +56,8 @@ pub fn build(figment: Figment) -> Rocket<Build> {
         .attach(request_id::RequestLog {
             enabled: access_log,
         })
+        .attach(conditional::CachingRules)
+        .manage(conditional::RequireIfMatch(require_if_match))
         .attach(db::Db::init());
     // After the database fairing: the metrics register the pool's.
     let rocket = if with_metrics {

@@ -1,4 +1,5 @@
-//! The JSON resource: `/users` and `/users/<id>`.
+//! The JSON resource: `/users` and `/users/<id>`, each representation with
+//! its ETag, reads conditional on `If-None-Match`, writes on `If-Match`.
 
 use rocket::form;
 use rocket::response::status::{Created, NoContent};
@@ -6,8 +7,9 @@ use rocket::serde::json::Json;
 use rocket::{Route, delete, get, post, put, routes};
 use serde::Serialize;
 
+use crate::conditional::{EntityTag, IfNoneMatch, Tagged, WriteCondition};
 use crate::db::Db;
-use crate::domain::{Invalid, PageSize, Rename, User, UserId};
+use crate::domain::{Conditional, Invalid, PageSize, Rename, StoredUser, User, UserId, Version};
 use crate::error::ApiError;
 use crate::guards::{JsonBody, StrictQuery};
 
@@ -15,28 +17,49 @@ pub fn routes() -> Vec<Route> {
     routes![create, read, update, remove, list]
 }
 
-pub(super) fn created(user: User) -> Created<Json<User>> {
-    Created::new(format!("/users/{}", user.userid.get())).body(Json(user))
+/// `201` with `Location` and the new user's ETag, or `409`.
+pub(super) async fn create_user(
+    db: &Db,
+    user: User,
+) -> Result<Created<Tagged<Json<User>>>, ApiError> {
+    let version = db.create(&user).await?.ok_or_else(ApiError::user_exists)?;
+    let location = format!("/users/{}", user.userid.get());
+    Ok(Created::new(location).body(Tagged::written(EntityTag::of_user(version), Json(user))))
+}
+
+/// The user with its ETag, `304` if the client has it already, or `404`.
+pub(super) async fn read_user(
+    db: &Db,
+    userid: UserId,
+    if_none_match: &IfNoneMatch,
+) -> Result<Tagged<Json<User>>, ApiError> {
+    let StoredUser { user, version } = db
+        .find(userid)
+        .await?
+        .ok_or_else(ApiError::user_not_found)?;
+    Ok(Tagged::user_data(
+        EntityTag::of_user(version),
+        Json(user),
+        if_none_match,
+    ))
 }
 
 #[post("/users", data = "<body>")]
 async fn create(
     db: &Db,
     body: Result<JsonBody<User>, ApiError>,
-) -> Result<Created<Json<User>>, ApiError> {
+) -> Result<Created<Tagged<Json<User>>>, ApiError> {
     let JsonBody(user) = body?;
-    if !db.create(&user).await? {
-        return Err(ApiError::user_exists());
-    }
-    Ok(created(user))
+    create_user(db, user).await
 }
 
 #[get("/users/<userid>")]
-async fn read(db: &Db, userid: Result<UserId, Invalid>) -> Result<Json<User>, ApiError> {
-    db.find(userid?)
-        .await?
-        .map(Json)
-        .ok_or_else(ApiError::user_not_found)
+async fn read(
+    db: &Db,
+    userid: Result<UserId, Invalid>,
+    if_none_match: Result<IfNoneMatch, ApiError>,
+) -> Result<Tagged<Json<User>>, ApiError> {
+    read_user(db, userid?, &if_none_match?).await
 }
 
 #[put("/users/<userid>", data = "<body>")]
@@ -44,22 +67,35 @@ async fn update(
     db: &Db,
     userid: Result<UserId, Invalid>,
     body: Result<JsonBody<Rename>, ApiError>,
-) -> Result<Json<User>, ApiError> {
+    condition: Result<WriteCondition, ApiError>,
+) -> Result<Tagged<Json<User>>, ApiError> {
     let userid = userid?;
     let JsonBody(Rename { username }) = body?;
-    if db.rename(userid, &username).await? {
-        Ok(Json(User { userid, username }))
-    } else {
-        Err(ApiError::user_not_found())
-    }
+    let WriteCondition(condition) = condition?;
+    let version: Version = done(db.rename(userid, &username, &condition).await?)?;
+    Ok(Tagged::written(
+        EntityTag::of_user(version),
+        Json(User { userid, username }),
+    ))
 }
 
 #[delete("/users/<userid>")]
-async fn remove(db: &Db, userid: Result<UserId, Invalid>) -> Result<NoContent, ApiError> {
-    if db.delete(userid?).await? {
-        Ok(NoContent)
-    } else {
-        Err(ApiError::user_not_found())
+async fn remove(
+    db: &Db,
+    userid: Result<UserId, Invalid>,
+    condition: Result<WriteCondition, ApiError>,
+) -> Result<NoContent, ApiError> {
+    let userid = userid?;
+    let WriteCondition(condition) = condition?;
+    done(db.delete(userid, &condition).await?)?;
+    Ok(NoContent)
+}
+
+fn done<T>(outcome: Conditional<T>) -> Result<T, ApiError> {
+    match outcome {
+        Conditional::Done(value) => Ok(value),
+        Conditional::NotFound => Err(ApiError::user_not_found()),
+        Conditional::PreconditionFailed => Err(ApiError::precondition_failed()),
     }
 }
 
@@ -76,10 +112,18 @@ async fn list(
     query: Result<StrictQuery, ApiError>,
     limit: form::Result<'_, PageSize>,
     after: form::Result<'_, UserId>,
-) -> Result<Json<Page>, ApiError> {
+    if_none_match: Result<IfNoneMatch, ApiError>,
+) -> Result<Tagged<Json<Page>>, ApiError> {
     query?;
     let size = ApiError::from_optional_param("limit", limit)?.unwrap_or(PageSize::DEFAULT);
     let after = ApiError::from_optional_param("after", after)?;
-    let (users, next_after) = db.list(after, size).await?;
-    Ok(Json(Page { users, next_after }))
+    let if_none_match = if_none_match?;
+    let (stored, next_after) = db.list(after, size).await?;
+    let etag = EntityTag::of_page(&stored, next_after);
+    let users = stored.into_iter().map(|s| s.user).collect();
+    Ok(Tagged::user_data(
+        etag,
+        Json(Page { users, next_after }),
+        &if_none_match,
+    ))
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod conditional;
 mod errors;
 mod faults;
 mod legacy;

@@ -444,7 +444,7 @@ async fn hold_the_only_connection(
         .await
         .unwrap();
     let holder = tokio::spawn(async move { get(addr, path).await.unwrap() });
-    db.wait_for_running("SELECT userid, username FROM users")
+    db.wait_for_running("SELECT userid, username, version FROM users")
         .await;
     (admin, holder)
 }

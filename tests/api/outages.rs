@@ -319,8 +319,11 @@ async fn statements_timing_out_together_start_one_reachability_check() {
     let reads: Vec<_> = (0..STATEMENTS)
         .map(|_| tokio::spawn(timed("GET /users/1", get(app.addr, "/users/1"))))
         .collect();
-    db.wait_for_running_times("SELECT userid, username FROM users", STATEMENTS as i64)
-        .await;
+    db.wait_for_running_times(
+        "SELECT userid, username, version FROM users",
+        STATEMENTS as i64,
+    )
+    .await;
     // From here a new connection gets no answer: a check stays running.
     proxy.hold();
     let before = proxy.accepted();

@@ -63,6 +63,7 @@ def sweep(target: str, max_examples: int, tmp_path: Path):
     run = subprocess.run(
         [
             SCHEMATHESIS,
+            "--config-file", Path(__file__).with_name("schemathesis.toml"),
             "run",
             *location,
             "--checks", os.environ.get("SWEEP_CHECKS", "all"),
