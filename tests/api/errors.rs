@@ -173,13 +173,7 @@ async fn database_errors_are_503_only_when_worth_a_retry() {
 async fn a_failed_insert_that_is_no_duplicate_is_not_user_exists() {
     let db = TestDb::create(shared_server()).await;
     let client = client(&db).await;
-    sqlx::query(
-        "CREATE TRIGGER refuse BEFORE INSERT ON users FOR EACH ROW \
-         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a trigger'",
-    )
-    .execute(&mut db.connect().await)
-    .await
-    .unwrap();
+    db.refuse_inserts().await;
     let response = client
         .post("/users")
         .json(&json!({"userid": 1, "username": "Ada"}))

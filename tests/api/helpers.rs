@@ -431,6 +431,19 @@ impl TestDb {
         }
     }
 
+    /// From now on every insert into users fails with the server error
+    /// "refused by a trigger" (1644): an error that is no duplicate key and
+    /// no reason to retry.
+    pub async fn refuse_inserts(&self) {
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE INSERT ON users FOR EACH ROW \
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a trigger'",
+        )
+        .execute(&mut self.connect().await)
+        .await
+        .unwrap();
+    }
+
     /// The stored row, read behind the API's back: its bytes, which must be
     /// UTF-8 (sqlx 0.8 decodes a binary-collated column only as bytes).
     pub async fn stored_name(&self, userid: u32) -> Option<String> {

@@ -637,13 +637,7 @@ async fn json_logs_are_one_object_per_line() {
     .unwrap();
     assert_eq!(response.status, 404);
     // A database failure: its application line carries the request's id.
-    sqlx::query(
-        "CREATE TRIGGER refuse BEFORE INSERT ON users FOR EACH ROW \
-         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a trigger'",
-    )
-    .execute(&mut db.connect().await)
-    .await
-    .unwrap();
+    db.refuse_inserts().await;
     let failed = request(
         api.addr(),
         "POST",
