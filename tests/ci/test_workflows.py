@@ -137,6 +137,58 @@ def test_every_script_a_workflow_calls_exists():
             assert (REPO / called).is_file(), f"{wf.name} job {job} calls {called}, which does not exist"
 
 
+# A command word `nix` (not `nix-community/...`, not a word inside another).
+CALLS_NIX = re.compile(r"(^|[\s;&|(`$])nix(\s|$)", re.MULTILINE)
+
+
+def script_calls_nix(script: str, command: str | None) -> bool:
+    """Whether `script [command]` runs nix. A script with subcommands (images.sh) runs nix for a
+    command its dispatcher sends through `with_tools` (`nix shell`), or whose function calls
+    nix itself (`nix_`); a script without, anywhere in it."""
+    text = (REPO / script).read_text()
+    functions = dict(re.findall(r"(?ms)^(\w+)\(\) \{\n(.*?)^\}", text))
+    if command is None or command not in functions:
+        return bool(CALLS_NIX.search(text))
+    for arm, body in re.findall(r"(?m)^  ([\w |-]+)\)\n((?:    .*\n)+?)    ;;", text):
+        if command in [c.strip() for c in arm.split("|")] and "with_tools" in body:
+            return True
+    return bool(re.search(r"\bnix_?\s", functions[command]))
+
+
+def calls_nix(run: str) -> bool:
+    """A run block that runs nix itself, or through one of the repository's scripts."""
+    if CALLS_NIX.search(run):
+        return True
+    return any(script_calls_nix(script, command or None)
+               for script, command in re.findall(r"(\.github/scripts/[\w.-]+)(?: +([\w-]+))?", run))
+
+
+def test_every_job_that_runs_nix_installs_it_first():
+    """The runners have no Nix: a job that calls it (directly or through .github/scripts, whose
+    images.sh runs its tools through `nix shell`) needs install-nix-action in an earlier step."""
+    checked = 0
+    for wf in WORKFLOWS:
+        for job_id, job in jobs(wf).items():
+            installed = False
+            for index, step in enumerate(job.get("steps", [])):
+                if step.get("uses", "").startswith("cachix/install-nix-action@"):
+                    installed = True
+                if "run" in step and calls_nix(step["run"]):
+                    checked += 1
+                    assert installed, (f"{wf.name} job {job_id} step {index} "
+                                       f"({step.get('name', step['run'][:40])!r}) runs nix before any "
+                                       "cachix/install-nix-action step")
+    assert checked >= 8, f"only {checked} steps call nix: is the detection still working?"
+
+
+def test_the_nix_detection_reads_scripts_and_words():
+    assert calls_nix("nix flake check -L") and calls_nix("CONTAINER_ENGINE=docker nix run .#load")
+    assert calls_nix(".github/scripts/images.sh manifest"), "images.sh runs its tools in nix shell"
+    assert calls_nix(".github/scripts/images.sh build"), "build runs nix build"
+    assert not calls_nix(".github/scripts/images.sh tags"), "tags reads Cargo.toml only"
+    assert not calls_nix("echo nix-community/cache-nix-action") and not calls_nix("unix time")
+
+
 # ---- pinning, permissions, secrets -----------------------------------------------------------
 
 PINNED = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@(v\d+(\.\d+){0,2}|[0-9a-f]{40})$")
