@@ -1,6 +1,9 @@
-# `nix develop`: the toolchain, and the MariaDB server and nginx that `cargo test` starts
-# (tests/api/helpers.rs runs mariadb-install-db and mariadbd from PATH, the proxy tests nginx).
+# `nix develop`: the toolchain, and what `cargo test` runs (the same list as the user-api check's
+# nativeCheckInputs, checked by tests/ci/test_nix_inputs.py): the harness (python3), which starts
+# MariaDB and nginx from PATH, and `ss` (iproute2).
 {
+  lib,
+  stdenv,
   mkShell,
   rustPlatform,
   rustc,
@@ -11,6 +14,8 @@
   sqlx-cli,
   mariadb,
   nginx,
+  python3,
+  iproute2,
   curl,
   wrk,
 }:
@@ -25,9 +30,13 @@ mkShell {
     sqlx-cli
     mariadb
     nginx
+    python3
     curl
     wrk
-  ];
+  ]
+  # Linux only, like the tests' harness itself (prctl, /proc): on macOS the shell builds and lints,
+  # and `cargo test` cannot run (nix/README.md).
+  ++ lib.optionals stdenv.hostPlatform.isLinux [ iproute2 ];
   # rust-analyzer finds the standard library's sources here.
   env.RUST_SRC_PATH = "${rustPlatform.rustLibSrc}";
 }

@@ -10,6 +10,7 @@
   mariadb,
   nginx,
   python3,
+  iproute2,
   version,
   cargoToml,
   # The git commit (or "dirty"), for the user_api_build_info metric (src/metrics.rs).
@@ -102,10 +103,14 @@ let
         fileset = testFiles;
       };
       doCheck = true;
+      # Every program the tests run, by the table in tests/ci/test_nix_inputs.py (which fails
+      # when a test starts running one that is not here): the harness (python3), the servers,
+      # and `ss` for the listen-backlog test (iproute2; stdenv moves its sbin/ to bin/).
       nativeCheckInputs = [
         python3
         mariadb
         nginx
+        iproute2
       ];
       # The sandbox's HOME (/homeless-shelter) does not exist; give the test processes a real one.
       preCheck = ''

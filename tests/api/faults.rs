@@ -463,7 +463,7 @@ async fn sigterm_under_write_load_finishes_requests_in_flight_and_loses_nothing(
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     let signalled = Instant::now();
-    api.signal("TERM");
+    api.terminate();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut in_flight = Vec::new();
     for (userid, connection) in pending {

@@ -661,12 +661,9 @@ impl ApiProcess {
         panic!("no {needle:?} after {within:?}:\n{}", self.logs());
     }
 
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+    /// SIGTERM, as `docker stop` and Kubernetes send it.
+    pub fn terminate(&self) {
+        terminate(self.child.id());
     }
 
     /// The exit code, or `None` if it did not exit in time.
@@ -844,4 +841,18 @@ pub async fn post_json(
         Some(body.as_bytes()),
     )
     .await
+}
+
+/// SIGTERM to a process, by the system call: no `kill` program needed on
+/// PATH (the Nix check's sandbox has only what it declares).
+pub fn terminate(pid: u32) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(
+        sent,
+        0,
+        "kill({pid}, SIGTERM): {}",
+        std::io::Error::last_os_error()
+    );
 }

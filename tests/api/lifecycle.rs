@@ -246,7 +246,7 @@ async fn sigterm_while_a_write_waits(
     let in_flight = tokio::spawn(async move { post_json(addr, "/users", &body).await });
     // SIGTERM only once the write waits on the lock: in flight, for certain.
     db.wait_for_running("INSERT").await;
-    api.signal("TERM");
+    api.terminate();
     (blocker, in_flight)
 }
 
@@ -341,7 +341,7 @@ async fn a_stop_closes_the_database_connections_politely() {
     let (_, before): (String, String) =
         sqlx::query_as(ABORTED).fetch_one(&mut admin).await.unwrap();
 
-    api.signal("TERM");
+    api.terminate();
     assert_eq!(
         api.wait_exit(Duration::from_secs(15)).await,
         Some(0),
@@ -421,7 +421,7 @@ async fn the_password_comes_from_its_file_and_never_reaches_the_logs() {
     assert_eq!(get(addr, "/get_user?userid=1").await.unwrap().status, 200);
     assert_eq!(get(addr, "/get_user?userid=x").await.unwrap().status, 400);
     assert_eq!(get(addr, "/readyz").await.unwrap().status, 200);
-    api.signal("TERM");
+    api.terminate();
     assert_eq!(api.wait_exit(Duration::from_secs(15)).await, Some(0));
     let logs = api.logs();
     assert!(
@@ -576,7 +576,7 @@ async fn after_a_stop_it_lingers_refusing_connections_then_exits_0() {
     let mut api = ApiProcess::spawn(&[("DATABASE_URL", &db.url()), ("ROCKET_EXIT_LINGER", "2")]);
     api.wait_healthy(Duration::from_secs(30)).await;
     let addr = api.addr();
-    api.signal("TERM");
+    api.terminate();
     api.wait_for_log(
         "stopped listening; exiting after exit_linger exit_linger_s=2",
         Duration::from_secs(10),
@@ -651,7 +651,7 @@ async fn json_logs_are_one_object_per_line() {
     .await
     .unwrap();
     assert_eq!(failed.status, 500, "{}", failed.body);
-    api.signal("TERM");
+    api.terminate();
     assert_eq!(api.wait_exit(Duration::from_secs(15)).await, Some(0));
     let logs = api.logs();
     let lines: Vec<serde_json::Value> = logs
@@ -716,7 +716,7 @@ async fn under_load_every_request_gets_its_access_log_line_also_at_exit() {
     }
     // At once: whatever the writer thread has not written yet must be
     // written before the process exits.
-    api.signal("TERM");
+    api.terminate();
     assert_eq!(api.wait_exit(Duration::from_secs(15)).await, Some(0));
     let logs = api.logs();
     let logged: std::collections::BTreeSet<String> = logs
@@ -780,11 +780,7 @@ async fn lines_queued_behind_a_slow_stdout_are_written_before_the_exit() {
     for client in clients {
         client.await.unwrap();
     }
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    crate::helpers::terminate(child.id());
     // Well within the second the writer is given to drain its queue.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut stdout = child.stdout.take().unwrap();
@@ -877,7 +873,7 @@ async fn the_access_log_times_the_request_from_its_arrival() {
     let (renamed, round_trip) = rename.await.unwrap();
     assert_eq!(renamed.status, 200);
 
-    api.signal("TERM");
+    api.terminate();
     assert_eq!(api.wait_exit(Duration::from_secs(15)).await, Some(0));
     let logs = api.logs();
     let access: serde_json::Value = logs

@@ -34,6 +34,21 @@ def _version() -> str:
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in out.stdout.split(" Ver ")[-1].split()[0])
 
 
+def _install_db(datadir: Path) -> list[str]:
+    """mariadb-install-db's command line. `--basedir` always: nixpkgs builds MariaDB in the
+    STANDALONE layout, whose script otherwise looks for ./bin/my_print_defaults relative to the
+    working directory (nixpkgs issue 20585; NixOS's mysql module passes it too)."""
+    return [
+        procs.program("mariadb-install-db"),
+        "--no-defaults",
+        f"--basedir={procs.prefix('mariadbd')}",
+        f"--datadir={datadir}",
+        "--auth-root-authentication-method=normal",
+        "--skip-test-db",
+        *_root_flag(),
+    ]
+
+
 def _template() -> Path:
     """A freshly installed data directory, made once per MariaDB version."""
     base = CACHE / f"mariadb-template-{_version()}"
@@ -43,18 +58,7 @@ def _template() -> Path:
         if not (base / "ready").exists():
             shutil.rmtree(base, ignore_errors=True)
             base.mkdir(parents=True)
-            out = subprocess.run(
-                [
-                    procs.program("mariadb-install-db"),
-                    "--no-defaults",
-                    f"--datadir={base / 'data'}",
-                    "--auth-root-authentication-method=normal",
-                    "--skip-test-db",
-                    *_root_flag(),
-                ],
-                capture_output=True,
-                text=True,
-            )
+            out = subprocess.run(_install_db(base / "data"), capture_output=True, text=True)
             if out.returncode != 0:
                 raise RuntimeError(f"mariadb-install-db failed:\n{out.stdout}\n{out.stderr}")
             (base / "ready").touch()

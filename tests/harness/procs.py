@@ -65,5 +65,15 @@ def program(name: str) -> str:
     return found
 
 
+def prefix(name: str) -> str:
+    """The installation prefix of a program (`<prefix>/bin/<name>` or `<prefix>/sbin/<name>`), as
+    the program itself sees it: /usr inside the forky root, the store path of a Nix package."""
+    from . import toolchain
+
+    if toolchain.wrapper(name):
+        return "/usr"
+    return str(Path(os.path.realpath(program(name))).parents[1])
+
+
 def running_as_root() -> bool:
     return os.geteuid() == 0

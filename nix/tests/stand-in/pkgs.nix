@@ -31,7 +31,7 @@
 #   rustPlatform, dockerTools see rust.nix and docker-tools.nix
 # Attribute names (top-level): mariadb_114 (pkgs/top-level/all-packages.nix: `mariadb =
 # mariadb_114`), prometheus, grafana, prometheus-nginx-exporter, prometheus-mysqld-exporter,
-# busybox, sqlx-cli, wrk, yq-go, nixfmt, nixfmt-tree, kubectl, kubeconform
+# busybox, iproute2, sqlx-cli, wrk, yq-go, nixfmt, nixfmt-tree, kubectl, kubeconform
 # (pkgs/by-name/...), nginx, makeWrapper, shellcheck, python3 (withPackages, pkgs, sitePackages;
 # pyyaml, kubernetes-validate), rustc, cargo, clippy, rustfmt,
 # rust-analyzer, curl, bash, bashInteractive, coreutils, gnused, gawk, gnugrep, findutils, gzip
@@ -628,6 +628,13 @@ let
       platforms = lib.platforms.linux;
     };
     nginx = pkg { pname = "nginx"; };
+
+    # pkgs/by-name/ip/iproute2/package.nix @ 01c068a4dc0ccac8074751cb916f5334f6e5afab: ss, ip
+    # (installed to sbin/, which stdenv's move-sbin hook makes bin/); meta.platforms Linux.
+    iproute2 = pkg {
+      pname = "iproute2";
+      platforms = lib.platforms.linux;
+    };
     # The monitoring images' programs. mainProgram as nixpkgs sets it, for lib.getExe
     # (pkgs/servers/monitoring/prometheus/nginx-exporter.nix and mysqld-exporter.nix; grafana:
     # pkgs/by-name/gr/grafana/package.nix, which also installs share/grafana/{conf,public}).
