@@ -64,8 +64,10 @@ impl EntityTag {
 
     /// The version a user's tag names, if it is one of ours.
     fn version(&self) -> Option<Version> {
+        // Character for character what `of_user` writes: a strong comparison
+        // must not let "05" or "+5" match "5", as `u64::from_str` would.
         let digits = &self.opaque;
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         digits.parse().ok().map(Version::from_stored)
@@ -395,6 +397,11 @@ mod tests {
         let any = condition(parse("*"), parse("*"));
         assert_eq!((any.one_of, any.only_if_absent), (None, true));
         assert_eq!(condition(None, None), VersionCondition::default());
+        // Only the exact text of a version names it.
+        for other_text in ["\"05\"", "\"+5\"", "\"\"", "\"5a\"", "\"0\""] {
+            let c = condition(parse(other_text), None);
+            assert_eq!(c.one_of, Some(vec![]), "{other_text}");
+        }
     }
 
     #[test]
