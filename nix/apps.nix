@@ -114,8 +114,8 @@ let
           wait_flag=(--wait)
           ;;
         podman)
-          # podman compose hands over to docker-compose or podman-compose; only the former has
-          # --wait, so wait for the healthchecks with `podman ps` instead.
+          # podman compose hands over to docker-compose or podman-compose, and only the former
+          # has --wait: start without waiting, and say so below.
           compose=(podman compose)
           wait_flag=()
           ;;
@@ -131,6 +131,9 @@ let
       "''${compose[@]}" "''${args[@]}" up -d "''${wait_flag[@]}"
 
       port="''${HTTP_PORT:-80}"
+      if [ "''${#wait_flag[@]}" = 0 ]; then
+        echo "started without waiting for the healthchecks: watch 'podman ps' until db and api say (healthy)"
+      fi
       cat <<EOF
 
       The stack is up (''${compose[*]} ''${args[*]} ps). Try:
