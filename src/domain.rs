@@ -313,6 +313,16 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_broken_rule_reads_as_its_code_and_message() {
+        // What Rocket's form machinery and any log line show of it.
+        let invalid = UserId::parse("0").unwrap_err();
+        assert_eq!(
+            invalid.to_string(),
+            format!("invalid_userid: {}", invalid.message())
+        );
+    }
+
+    #[test]
     fn userid_accepts_plain_decimal_in_range() {
         assert_eq!(UserId::parse("1").unwrap().get(), 1);
         assert_eq!(UserId::parse("2147483647").unwrap().get(), 2147483647);
