@@ -22,6 +22,9 @@ use crate::error_code::ErrorCode;
 pub const PRIVATE_REVALIDATE: &str = "private, no-cache";
 /// The OpenAPI document: the same for everyone, fine to keep for a while.
 pub const PUBLIC_FOR_AN_HOUR: &str = "public, max-age=3600";
+/// Swagger UI's files: the same for everyone, revalidated before each reuse
+/// (a new release may serve other files under the same names).
+pub const ALWAYS_REVALIDATE: &str = "no-cache";
 /// Everything else (errors, health, metrics): never stored.
 pub const NEVER_STORE: &str = "no-store";
 

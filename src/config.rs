@@ -83,6 +83,8 @@ pub struct AppSettings {
     /// client must say which version it replaces. Off: they behave as
     /// without conditions.
     pub require_if_match: bool,
+    /// Swagger UI at `/docs/`. Off: `/docs` is a 404 like any unknown path.
+    pub docs: bool,
 }
 
 impl Default for AppSettings {
@@ -95,6 +97,7 @@ impl Default for AppSettings {
             listen_backlog: 4096,
             exit_linger: 0,
             require_if_match: false,
+            docs: true,
         }
     }
 }

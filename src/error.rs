@@ -265,11 +265,13 @@ fn allowed_methods(request: &Request<'_>) -> Option<String> {
         .filter(|route| route_matches_path(route.uri.path(), &path))
         .map(|route| route.method.as_str())
         .collect();
-    if methods.is_empty() {
-        return None;
-    }
     if methods.contains(&"GET") {
         methods.push("HEAD");
+    }
+    // None, or the route for this very method answered 404 itself (a file
+    // that Swagger UI does not have): the path is not there.
+    if methods.is_empty() || methods.contains(&request.method().as_str()) {
+        return None;
     }
     methods.sort_unstable();
     methods.dedup();
@@ -278,7 +280,15 @@ fn allowed_methods(request: &Request<'_>) -> Option<String> {
 
 fn route_matches_path(pattern: &str, path: &[&str]) -> bool {
     let pattern: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
-    pattern.len() == path.len() && pattern.iter().zip(path).all(|(p, s)| segment_matches(p, s))
+    let prefix_matches =
+        |prefix: &[&str]| prefix.iter().zip(path).all(|(p, s)| segment_matches(p, s));
+    match pattern.split_last() {
+        // `<name..>` takes whatever follows, nothing included.
+        Some((last, before)) if last.ends_with("..>") => {
+            path.len() >= before.len() && prefix_matches(before)
+        }
+        _ => pattern.len() == path.len() && prefix_matches(&pattern),
+    }
 }
 
 fn segment_matches(pattern: &str, segment: &str) -> bool {

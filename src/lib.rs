@@ -41,6 +41,7 @@ pub fn build(figment: Figment) -> Rocket<Build> {
         metrics: with_metrics,
         listen_backlog,
         require_if_match,
+        docs,
         ..
     } = settings.clone().unwrap_or_default();
     let rocket = rocket::custom(figment)
@@ -62,6 +63,11 @@ pub fn build(figment: Figment) -> Rocket<Build> {
     // After the database fairing: the metrics register the pool's.
     let rocket = if with_metrics {
         metrics::attach(rocket)
+    } else {
+        rocket
+    };
+    let rocket = if docs {
+        rocket.mount("/", routes::docs::routes())
     } else {
         rocket
     };

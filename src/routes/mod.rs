@@ -1,6 +1,7 @@
 //! HTTP routes. Each handler turns guards into domain values with `?`, calls
 //! the store once and shapes the response.
 
+pub(crate) mod docs;
 mod health;
 mod legacy;
 pub(crate) mod openapi;

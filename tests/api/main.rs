@@ -4,6 +4,7 @@
 mod helpers;
 
 mod conditional;
+mod docs;
 mod errors;
 mod faults;
 mod legacy;
