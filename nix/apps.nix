@@ -8,6 +8,7 @@
   writeShellApplication,
   coreutils,
   bash,
+  openssl,
   images,
 }:
 let
@@ -76,7 +77,11 @@ let
 
   up = writeShellApplication {
     name = "user-api-up";
-    runtimeInputs = [ coreutils ];
+    runtimeInputs = [
+      coreutils
+      bash
+      openssl
+    ];
     text = ''
       ${parseArgs}
       ${lib.getExe load} "$@"
@@ -98,6 +103,9 @@ let
         fi
         chmod 0644 "$file"
       done
+      # HTTPS: a local CA and a certificate for localhost (tls_cert, tls_key), made anew only
+      # when missing or within 30 days of expiry.
+      bash ${./local-tls.sh} secrets
 
       # The compose file of this flake, with ./ (secrets/, .env) meaning the current directory.
       compose_file=${../docker-compose.yml}
@@ -131,6 +139,7 @@ let
       "''${compose[@]}" "''${args[@]}" up -d "''${wait_flag[@]}"
 
       port="''${HTTP_PORT:-80}"
+      tls_port="''${HTTPS_PORT:-443}"
       if [ "''${#wait_flag[@]}" = 0 ]; then
         echo "started without waiting for the healthchecks: watch 'podman ps' until db and api say (healthy)"
       fi
@@ -140,6 +149,10 @@ let
 
         curl -X POST "localhost:$port/create_user?userid=1&username=John"
         curl "localhost:$port/get_user?userid=1"
+        curl --cacert secrets/local-ca.pem "https://localhost:$tls_port/get_user?userid=1"
+
+      Browsers: trust secrets/local-ca.pem (it vouches for this one certificate only), or accept
+      the warning.
 
       Stop it with: ''${compose[*]} ''${args[*]} down
       EOF

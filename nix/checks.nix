@@ -5,6 +5,7 @@
   runCommand,
   writeText,
   nginx,
+  openssl,
   python3,
   shellcheck,
   kubectl,
@@ -42,20 +43,34 @@ in
   # nginx/*.conf in one directory, nginx.conf unedited), started like the image's entrypoint with
   # a writable prefix (-p) for the pid file and temp paths, which nginx.conf keeps relative.
   # Only upstream.conf is the test's own: nginx resolves upstream host names while it reads the
-  # config, and `api` exists only on the compose network.
-  nginx-config = runCommand "user-api-nginx-config" { nativeBuildInputs = [ nginx ]; } ''
-    mkdir conf prefix
-    cp ${images.proxyConfigDir}/*.conf conf/
-    chmod u+w conf/upstream.conf
-    echo 'server 127.0.0.1:8000;' >conf/upstream.conf
-    # nginx -t opens the access log, /dev/stdout: send stdout to a file the build user owns.
-    if ! nginx -t -p "$PWD/prefix/" -e stderr -c "$PWD/conf/nginx.conf" >nginx-t.log 2>&1; then
-      cat nginx-t.log >&2
-      exit 1
-    fi
-    cat nginx-t.log
-    touch "$out"
-  '';
+  # config, and `api` exists only on the compose network. And the certificate files of tls.conf,
+  # which the image gets at run time as the compose secrets tls_cert and tls_key and nginx -t
+  # loads: made by nix/local-tls.sh (what `nix run .#up` runs), where the build user can read them.
+  nginx-config =
+    runCommand "user-api-nginx-config"
+      {
+        nativeBuildInputs = [
+          nginx
+          openssl
+        ];
+      }
+      ''
+        mkdir conf prefix
+        cp ${images.proxyConfigDir}/*.conf conf/
+        chmod u+w conf/upstream.conf conf/tls.conf
+        echo 'server 127.0.0.1:8000;' >conf/upstream.conf
+        bash ${./local-tls.sh} secrets
+        substituteInPlace conf/tls.conf \
+          --replace-fail /run/secrets/tls_cert "$PWD/secrets/tls_cert.pem" \
+          --replace-fail /run/secrets/tls_key "$PWD/secrets/tls_key.pem"
+        # nginx -t opens the access log, /dev/stdout: send stdout to a file the build user owns.
+        if ! nginx -t -p "$PWD/prefix/" -e stderr -c "$PWD/conf/nginx.conf" >nginx-t.log 2>&1; then
+          cat nginx-t.log >&2
+          exit 1
+        fi
+        cat nginx-t.log
+        touch "$out"
+      '';
 
   # The images' user, entrypoint, ports, stop signal, healthcheck and tags against the contract
   # and docker-compose.yml, and the files the contract names (/bin/user-api, /bin/wget,

@@ -59,6 +59,7 @@ let
       runCommand
       writeText
       nginx
+      openssl
       python3
       shellcheck
       kubectl

@@ -298,8 +298,8 @@ for app in "${apps[@]}"; do
   fi
 done
 if command -v shellcheck >/dev/null 2>&1; then
-  if shellcheck --severity=warning "$repo/db/entrypoint.sh" "$repo/db/healthcheck.sh" "$repo/db/backup.sh" "$repo/monitoring/mysqld-exporter-entrypoint.sh" "$repo/nix/deploy.sh"; then
-    ok "shellcheck --severity=warning: db/entrypoint.sh db/healthcheck.sh db/backup.sh monitoring/mysqld-exporter-entrypoint.sh nix/deploy.sh"
+  if shellcheck --severity=warning "$repo/db/entrypoint.sh" "$repo/db/healthcheck.sh" "$repo/db/backup.sh" "$repo/monitoring/mysqld-exporter-entrypoint.sh" "$repo/nix/deploy.sh" "$repo/nix/local-tls.sh"; then
+    ok "shellcheck --severity=warning: db/entrypoint.sh db/healthcheck.sh db/backup.sh monitoring/mysqld-exporter-entrypoint.sh nix/deploy.sh nix/local-tls.sh"
   else
     bad "shellcheck: db scripts"
   fi

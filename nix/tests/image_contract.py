@@ -79,6 +79,9 @@ UP_SECRETS = {
     "secrets/db_backup_password.txt",
     "secrets/db_exporter_password.txt",
     "secrets/grafana_admin_password.txt",
+    # nix/local-tls.sh, which `up` runs on secrets/.
+    "secrets/tls_cert.pem",
+    "secrets/tls_key.pem",
 }
 
 DOCKER_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

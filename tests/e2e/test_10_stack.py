@@ -2,6 +2,7 @@
 
 import re
 import stat
+import subprocess
 
 import requests
 
@@ -62,6 +63,23 @@ def test_the_two_seed_calls_work_through_the_published_port(stack):
     r = requests.get(stack.url("/get_user?userid=1"), timeout=10)
     assert r.status_code == 200, f"get_user: {r.status_code} {r.text}"
     assert r.json() == {"userid": 1, "username": "John"}
+
+
+def test_https_on_the_published_port_with_the_local_ca_as_the_readme_says(stack):
+    # curl --cacert secrets/local-ca.pem 'https://localhost/get_user?userid=1', on HTTPS_PORT.
+    # curl checks the chain and the name; -w shows what ALPN chose.
+    curl = subprocess.run(
+        ["curl", "-sS", "--cacert", "secrets/local-ca.pem", "-D", "head.txt", "-o", "body.txt",
+         "-w", "%{http_version}", f"https://localhost:{stack.tls_port}/get_user?userid=1"],
+        cwd=stack.dir, capture_output=True, text=True, timeout=30)
+    assert curl.returncode == 0, curl.stderr
+    head, body = (stack.dir / "head.txt").read_text(), (stack.dir / "body.txt").read_text()
+    assert curl.stdout == "2" and head.startswith("HTTP/2 200"), curl.stdout + head
+    assert body == '{"userid":1,"username":"John"}', body
+    # The local stack sends no HSTS: a browser would keep it for localhost.
+    assert "strict-transport-security" not in head.lower(), head
+    key = stack.dir / "secrets" / "tls_key.pem"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o644, "nginx's uid 65534 reads it via the bind mount"
 
 
 def test_the_rest_api_works_through_the_proxy(stack):

@@ -175,10 +175,12 @@ class Project:
         self.dir = Path(tempfile.mkdtemp(prefix=f"{self.name}.", dir=workdir))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
         self.env["HTTP_PORT"] = str(free_port())
+        self.env["HTTPS_PORT"] = str(free_port())
         # Grafana's (profile `monitoring`), on 127.0.0.1 like the default.
         self.env["GRAFANA_PORT"] = str(free_port())
         self.env.update(env or {})
         self.port = int(self.env["HTTP_PORT"])
+        self.tls_port = int(self.env["HTTPS_PORT"])
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._closed = False
         self._lock = threading.Lock()
@@ -196,9 +198,12 @@ class Project:
 
     # -- secrets
     def make_secrets(self) -> None:
-        """./secrets in the project directory, by the documented one-liner."""
+        """./secrets in the project directory, by the documented one-liner, and the local
+        certificate by nix/local-tls.sh, as `nix run .#up` makes them."""
         subprocess.run(["bash", "-eu", "-c", SECRETS_ONE_LINER], cwd=self.dir, check=True,
                        timeout=30)
+        subprocess.run(["bash", REPO / "nix" / "local-tls.sh", "secrets"], cwd=self.dir, check=True,
+                       timeout=30, capture_output=True)
 
     def secret(self, name: str) -> str:
         """The value of ``secrets/<name>.txt`` (without a trailing newline)."""

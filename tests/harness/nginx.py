@@ -21,6 +21,18 @@ from . import ports, procs
 SHIPPED = procs.REPO / "nginx"
 
 
+def tls_conf(port: int, cert: Path, key: Path) -> str:
+    """The shipped tls.conf on a loopback port with these files: its directives
+    (``http2 on``, ...) are the image's own."""
+    text = (SHIPPED / "tls.conf").read_text()
+    for shipped, own in (("listen 8443 ", f"listen 127.0.0.1:{port} "),
+                         ("/run/secrets/tls_cert", str(cert)), ("/run/secrets/tls_key", str(key))):
+        if shipped not in text:
+            raise ValueError(f"nginx/tls.conf no longer says {shipped!r}")
+        text = text.replace(shipped, own)
+    return text
+
+
 def _instance_dir(upstream, files, port, status_port, access_log: bool) -> Path:
     directory = Path(tempfile.mkdtemp(prefix="user-api-nginx-"))
     for include in SHIPPED.glob("*.conf"):
@@ -33,6 +45,8 @@ def _instance_dir(upstream, files, port, status_port, access_log: bool) -> Path:
         # backlog as the shipped listen.conf (nginx/listen.conf says why)
         "listen.conf": f"listen 127.0.0.1:{port} default_server backlog=4096;\n",
         "status-listen.conf": f"listen 127.0.0.1:{status_port};\n",
+        # Plain HTTP only, unless the caller asks for TLS (Nginx.start's tls).
+        "tls.conf": "",
         # Unbuffered: a test reads its line right after the response.
         "access-log.conf": (
             f"access_log {directory / 'access.log'} json_access;\n" if access_log else "access_log off;\n"
@@ -59,25 +73,33 @@ def check(files=None) -> subprocess.CompletedProcess:
 
 
 class Nginx:
-    def __init__(self, directory: Path, port: int, status_port: int, process):
+    def __init__(self, directory: Path, port: int, status_port: int, process, tls_port=None):
         self.dir = directory
         self.port = port
         self.status_port = status_port
+        self.tls_port = tls_port
         self.process = process
 
     @classmethod
-    def start(cls, upstream, files=None, access_log=True, workers=None, within=10, wrapper=()) -> "Nginx":
+    def start(cls, upstream, files=None, access_log=True, workers=None, within=10, wrapper=(),
+              tls=None) -> "Nginx":
         """``upstream``: "host:port" or a list of them. ``files``: include
         files by name, replacing the shipped ones (e.g. ``limits.conf``).
-        ``wrapper``: a command prefix for nginx (the profiler's valgrind)."""
+        ``wrapper``: a command prefix for nginx (the profiler's valgrind).
+        ``tls``: (certificate, key) files for the shipped TLS listener, on
+        ``tls_port``."""
         # A free port may be taken before nginx binds it: retry on that only.
         for attempt in range(3):
             port, status_port = ports.free_port(), ports.free_port()
-            directory = _instance_dir(upstream, files, port, status_port, access_log)
+            tls_port = ports.free_port() if tls else None
+            own = dict(files or {})
+            if tls:
+                own.setdefault("tls.conf", tls_conf(tls_port, *tls))
+            directory = _instance_dir(upstream, own, port, status_port, access_log)
             if workers:
                 (directory / "workers.conf").write_text(f"worker_processes {workers};\n")
             process = procs.spawn(_argv(directory, wrapper=wrapper), directory / "error.log")
-            proxy = cls(directory, port, status_port, process)
+            proxy = cls(directory, port, status_port, process, tls_port)
             try:
                 ports.wait_until(proxy._answers, within, "nginx", alive=proxy.running)
                 return proxy

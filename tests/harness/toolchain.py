@@ -49,6 +49,7 @@ PACKAGES = (
     "prometheus-mysqld-exporter",  # 0.19
     "nix-bin",                     # 2.34: the flake's evaluation (nix/tests/check.sh)
     "busybox-static",              # the stand-in images' healthcheck wget and sh
+    "testssl.sh",                  # the TLS scanner of tests/tls (and the openssl it runs)
 )
 
 # Run in the root once its packages are in: what a machine with these packages has and mmdebstrap
@@ -70,6 +71,7 @@ PROGRAMS = {
     "prometheus-mysqld-exporter": "/usr/bin/prometheus-mysqld-exporter",
     "nix": "/usr/bin/nix",
     "nix-instantiate": "/usr/bin/nix-instantiate",
+    "testssl": "/usr/bin/testssl",
 }
 
 # The root's own system; every other top-level directory of the host is bound over it.

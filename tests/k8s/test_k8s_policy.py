@@ -488,6 +488,22 @@ def test_listen_ports_match_the_container_ports(docs):
     assert listens == sorted(p["containerPort"] for p in c["ports"]) == [8080, 8081]
 
 
+def test_production_terminates_tls_at_the_ingress_for_every_host():
+    """cert-manager fills the Secret, ingress-nginx serves it, redirects HTTP; the proxy pods stay
+    plain HTTP (no tls*.conf in their ConfigMap: nginx.conf includes it by glob)."""
+    docs = render("overlays/production")
+    ingress = one(docs, "Ingress", "user-api")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations.get("cert-manager.io/cluster-issuer"), annotations
+    assert annotations.get("nginx.ingress.kubernetes.io/ssl-redirect") == "true", annotations
+    hosts = {rule["host"] for rule in ingress["spec"]["rules"]}
+    covered = {host for tls in ingress["spec"]["tls"] for host in tls["hosts"]}
+    assert hosts <= covered, f"hosts without TLS: {hosts - covered}"
+    assert all(tls.get("secretName") for tls in ingress["spec"]["tls"])
+    assert "include tls*.conf;" in nginx_config(docs)["data"]["nginx.conf"]
+    assert not [name for name in nginx_config(docs)["data"] if name.startswith("tls")]
+
+
 def test_production_trusts_a_forwarded_client_address():
     cm = nginx_config(render("overlays/production"))
     conf = cm["data"]["real-ip.conf"]

@@ -676,6 +676,7 @@ let
     gnugrep = pkg { pname = "gnugrep"; };
     findutils = pkg { pname = "findutils"; };
     gzip = pkg { pname = "gzip"; };
+    openssl = pkg { pname = "openssl"; };
   }
   // import ./rust.nix {
     inherit lib mkDerivation fail;
