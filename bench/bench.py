@@ -232,17 +232,22 @@ class Nginx:
 
     def __init__(self, root, api_port, workers, name, access_log=True):
         files = {"rate_limit_exempt.conf": '127.0.0.1 "";\n'}
+        # The shipped TLS listener too, with the certificate `nix run .#up` makes (the HTTPS runs).
+        tls = root / "tls"
+        subprocess.run(["bash", REPO / "nix" / "local-tls.sh", tls], check=True, capture_output=True)
         if access_log:
             # As shipped: JSON lines to stdout, buffered, here into a file.
             files["access-log.conf"] = f"access_log {root}/nginx-{name}-access.log json_access buffer=4k flush=1s;\n"
         try:
             self.server = HarnessNginx.start(
-                f"127.0.0.1:{api_port}", files=files, access_log=access_log, workers=workers
+                f"127.0.0.1:{api_port}", files=files, access_log=access_log, workers=workers,
+                tls=(tls / "tls_cert.pem", tls / "tls_key.pem"),
             )
         except RuntimeError as e:
             sys.exit(str(e))
         STARTED.append(self.server)
         self.port, self.status_port = self.server.port, self.server.status_port
+        self.tls_port = self.server.tls_port
         self.proc = self.server.process
 
     def pids(self):
@@ -264,7 +269,18 @@ RUNS = {
     "mix_nginx": ("mix.lua", True, True),
     # No database: the API's cost per connection without the pool queue.
     "healthz_direct": ("healthz.lua", False, False),
+    # HTTPS beside HTTP (nginx/tls.conf), on kept-alive connections and with a new connection
+    # per request (see HTTPS_RUNS and CLOSE_RUNS).
+    "get_https": ("get.lua", True, False),
+    "get_nginx_close": ("get.lua", True, False),
+    "get_https_close": ("get.lua", True, False),
 }
+# Through nginx's TLS listener: TLS 1.3 (wrk's OpenSSL and nginx agree on it), HTTP/1.1 (wrk
+# offers no ALPN).
+HTTPS_RUNS = {"get_https", "get_https_close"}
+# `Connection: close` on every request: nginx closes after each answer and wrk opens the next
+# connection, on HTTPS with a full handshake (wrk resumes no TLS session).
+CLOSE_RUNS = {"get_nginx_close", "get_https_close"}
 
 
 class Stack:
@@ -285,10 +301,11 @@ class Stack:
 RUN_COUNTER = [0]
 
 
-def wrk(args, url, script, script_args, seconds, work):
+def wrk(args, url, script, script_args, seconds, work, headers=()):
     env = dict(os.environ, LUA_PATH=f"{BENCH}/?.lua;;")
     argv = [
         program("wrk"),
+        *(a for h in headers for a in ("-H", h)),
         f"-t{args.threads}",
         f"-c{args.connections}",
         f"-d{seconds}s",
@@ -405,6 +422,9 @@ def one_run(args, stack, kind, root):
     script, via_nginx, writes = RUNS[kind]
     port = stack.nginx.port if via_nginx else stack.api.port
     url = f"http://127.0.0.1:{port}"
+    if kind in HTTPS_RUNS:
+        url = f"https://127.0.0.1:{stack.nginx.tls_port}"
+    headers = ["Connection: close"] if kind in CLOSE_RUNS else []
     RUN_COUNTER[0] += 1
     n = RUN_COUNTER[0]
     work = root / f"run-{n:03d}-{kind}"
@@ -420,7 +440,7 @@ def one_run(args, stack, kind, root):
     base = BASE_STEP * (2 * n + 1) + SEEDED + 1
     warm_acked = []
     if args.warmup > 0:
-        wrk(args, url, script, script_args(warm_base), args.warmup, work)
+        wrk(args, url, script, script_args(warm_base), args.warmup, work, headers)
         warm_acked = read_acked(work) if writes else []
         if writes:
             for f in work.glob("acked.*"):
@@ -436,7 +456,7 @@ def one_run(args, stack, kind, root):
     total0, idle0, irq0, steal0 = machine_jiffies()
     overflows0 = listen_overflows()
     t0 = time.monotonic()
-    summary, wrk_cpu = wrk(args, url, script, script_args(base), args.duration, work)
+    summary, wrk_cpu = wrk(args, url, script, script_args(base), args.duration, work, headers)
     wall = time.monotonic() - t0
     overflows = listen_overflows() - overflows0
     metrics1 = scrape(stack.api.port) if ours else {}
