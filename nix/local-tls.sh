@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The local stack's certificate: a CA made for it, and a certificate for localhost, 127.0.0.1 and
 # ::1 signed by that CA, as the compose file secrets tls_cert and tls_key. Run by `nix run .#up`
-# (like the passwords, only when they are missing or the certificate expires within 30 days), by
-# the tests, and by hand:
+# (like the passwords, only when they are missing, or when one this script made expires within 30
+# days), by the tests, and by hand:
 #
 #   bash nix/local-tls.sh secrets     # -> secrets/tls_cert.pem, secrets/tls_key.pem, secrets/local-ca.pem
 #   curl --cacert secrets/local-ca.pem https://localhost/get_user?userid=1
@@ -19,8 +19,28 @@ cert="$dir/tls_cert.pem"
 key="$dir/tls_key.pem"
 ca="$dir/local-ca.pem"
 
-if [ -s "$cert" ] && [ -s "$key" ] && openssl x509 -in "$cert" -noout -checkend $((30 * 86400)) >/dev/null; then
-  exit 0
+month=$((30 * 86400))
+if [ -s "$cert" ] && [ -s "$key" ]; then
+  ends="$(openssl x509 -in "$cert" -noout -enddate | cut -d= -f2)"
+  if ! openssl x509 -in "$cert" -noout -issuer | grep -q "CN *= *user-api local CA"; then
+    # Your own certificate: never replaced here. Refused when it cannot work, so that the stack
+    # does not start serving a certificate every client rejects.
+    if ! openssl x509 -in "$cert" -noout -checkend 0 >/dev/null; then
+      echo "local-tls.sh: $cert expired on $ends: put a valid certificate there, or delete it and its key to get a local one" >&2
+      exit 1
+    fi
+    if [ "$(openssl x509 -in "$cert" -noout -pubkey)" != "$(openssl pkey -in "$key" -pubout 2>/dev/null)" ]; then
+      echo "local-tls.sh: $key is not the key of $cert" >&2
+      exit 1
+    fi
+    if ! openssl x509 -in "$cert" -noout -checkend "$month" >/dev/null; then
+      echo "local-tls.sh: warning: $cert expires on $ends, within 30 days: renew it" >&2
+    fi
+    exit 0
+  fi
+  if openssl x509 -in "$cert" -noout -checkend "$month" >/dev/null; then
+    exit 0
+  fi
 fi
 
 mkdir -p "$dir"

@@ -72,6 +72,8 @@ PROGRAMS = {
     "nix": "/usr/bin/nix",
     "nix-instantiate": "/usr/bin/nix-instantiate",
     "testssl": "/usr/bin/testssl",
+    # 3.5: -not_before/-not_after (3.4+), for certificates dated in the past.
+    "openssl": "/usr/bin/openssl",
 }
 
 # The root's own system; every other top-level directory of the host is bound over it.

@@ -10,6 +10,7 @@ import json
 import socket
 import ssl
 import subprocess
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,61 @@ def test_the_scanner_finds_nothing_of_medium_severity_or_above(proxy, files, tmp
     for old in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
         assert offered[old].startswith("not offered"), (old, offered[old])
     assert offered["TLS1_2"].startswith("offered") and offered["TLS1_3"].startswith("offered")
+
+
+# ---- nix/local-tls.sh: what `nix run .#up` does with the files it finds ----------------------------
+
+
+def certificate(directory: Path, issuer: str, not_after: datetime, not_before=None) -> None:
+    """A self-signed tls_cert.pem / tls_key.pem pair issued by ``issuer`` with these dates
+    (forky's OpenSSL 3.5: -not_before/-not_after, which 3.0's lacks, date it in the past)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = lambda t: t.strftime("%Y%m%d%H%M%SZ")  # noqa: E731
+    not_before = not_before or not_after - timedelta(days=90)
+    subprocess.run(
+        [procs.program("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-noenc", "-subj", f"/CN={issuer}", "-not_before", stamp(not_before), "-not_after", stamp(not_after),
+         "-keyout", directory / "tls_key.pem", "-out", directory / "tls_cert.pem"],
+        check=True, capture_output=True)
+
+
+def run_local_tls(directory: Path):
+    before = {p.name: p.read_bytes() for p in directory.glob("*.pem")}
+    run = subprocess.run(["bash", REPO / "nix" / "local-tls.sh", directory], capture_output=True, text=True)
+    after = {p.name: p.read_bytes() for p in directory.glob("*.pem")}
+    return run, before != after
+
+
+NOW = datetime.now(timezone.utc)
+
+
+def test_up_replaces_its_own_certificate_within_30_days_of_expiry(tmp_path):
+    certificate(tmp_path, "user-api local CA 2025-12-01T00:00:00Z", NOW + timedelta(days=10))
+    run, changed = run_local_tls(tmp_path)
+    assert run.returncode == 0 and changed, run.stderr
+    check = subprocess.run(["openssl", "x509", "-in", tmp_path / "tls_cert.pem", "-noout", "-checkend",
+                            str(300 * 86400)], capture_output=True)
+    assert check.returncode == 0, "the new certificate is not good for the next 300 days"
+    # And keeps a fresh one as it is.
+    run, changed = run_local_tls(tmp_path)
+    assert run.returncode == 0 and not changed, run.stderr
+
+
+@pytest.mark.parametrize("case", ["valid", "expiring", "expired", "mismatched key"])
+def test_up_never_replaces_your_own_certificate_and_refuses_one_that_cannot_work(tmp_path, case):
+    ends = {"valid": NOW + timedelta(days=200), "expiring": NOW + timedelta(days=10),
+            "expired": NOW - timedelta(days=1), "mismatched key": NOW + timedelta(days=200)}[case]
+    certificate(tmp_path, "Example Corp CA", ends)
+    if case == "mismatched key":
+        certificate(tmp_path / "other", "Example Corp CA", ends)
+        (tmp_path / "tls_key.pem").write_bytes((tmp_path / "other" / "tls_key.pem").read_bytes())
+    run, changed = run_local_tls(tmp_path)
+    assert not changed, f"{case}: local-tls.sh changed the files"
+    lines = run.stderr.strip().splitlines()
+    if case == "valid":
+        assert run.returncode == 0 and lines == [], run.stderr
+    elif case == "expiring":
+        assert run.returncode == 0 and len(lines) == 1 and "within 30 days" in lines[0], run.stderr
+    else:
+        assert run.returncode == 1 and len(lines) == 1, run.stderr
+        assert ("expired on" if case == "expired" else "is not the key of") in lines[0], lines
