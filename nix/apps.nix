@@ -104,7 +104,8 @@ let
         chmod 0644 "$file"
       done
       # HTTPS: a local CA and a certificate for localhost (tls_cert, tls_key), made anew only
-      # when missing or within 30 days of expiry.
+      # when missing or when the one it made is within 30 days of expiry; yours is only checked.
+      cert_before="$(cat secrets/tls_cert.pem 2>/dev/null || true)"
       bash ${./local-tls.sh} secrets
 
       # The compose file of this flake, with ./ (secrets/, .env) meaning the current directory.
@@ -137,6 +138,11 @@ let
         args+=(--profile monitoring)
       fi
       "''${compose[@]}" "''${args[@]}" up -d "''${wait_flag[@]}"
+      # A certificate made anew for a stack that was already running: nginx reads it only when it
+      # starts, and compose sees no change in the proxy's definition.
+      if [ -n "$cert_before" ] && [ "$cert_before" != "$(cat secrets/tls_cert.pem)" ]; then
+        "''${compose[@]}" "''${args[@]}" up -d "''${wait_flag[@]}" --force-recreate --no-deps proxy
+      fi
 
       port="''${HTTP_PORT:-80}"
       tls_port="''${HTTPS_PORT:-443}"

@@ -53,15 +53,19 @@ def test_no_password_in_inspect_config_logs_or_the_process_list(stack):
 
 
 def test_only_the_proxy_publishes_a_port(stack):
+    # HTTP and HTTPS; the status port 8081 never.
+    expected = {"8080/tcp": stack.port, "8443/tcp": stack.tls_port}
     for service in SERVICES:
         ports = stack.inspect(service)["NetworkSettings"]["Ports"] or {}
         published = {p: b for p, b in ports.items() if b}
         if service == "proxy":
-            assert list(published) == ["8080/tcp"], f"proxy publishes {published}"
-            assert {b["HostPort"] for b in published["8080/tcp"]} == {str(stack.port)}, published
+            assert sorted(published) == sorted(expected), f"proxy publishes {published}"
+            for port, host_port in expected.items():
+                assert {b["HostPort"] for b in published[port]} == {str(host_port)}, published
         else:
             assert not published, f"{service} publishes {published}"
     assert stack.compose("port", "proxy", "8080").stdout.strip().endswith(f":{stack.port}")
+    assert stack.compose("port", "proxy", "8443").stdout.strip().endswith(f":{stack.tls_port}")
 
 
 def test_the_db_is_on_the_internal_backend_only_and_the_proxy_cannot_reach_it(stack):

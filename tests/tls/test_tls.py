@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import procs
+from harness import procs, toolchain
 from harness.api import Api
 from harness.mariadb import MariaDB
 from harness.nginx import Nginx
@@ -95,6 +95,8 @@ def test_only_tls_1_2_and_1_3(proxy, files):
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
         context = trusting(files, minimum_version=version, maximum_version=version)
         assert handshake(proxy, context)[0] == version.name.replace("v1_", "v1.")
+    # Kept out twice over: ssl_protocols names neither, and no cipher of ssl_ciphers exists before
+    # TLS 1.2 (the scanner below checks the protocols alone).
     for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
         context = trusting(files, minimum_version=version, maximum_version=version)
         # OpenSSL refuses to offer them below security level 0.
@@ -134,6 +136,17 @@ def test_the_gateway_behaves_on_https_as_on_http(proxy, files):
         answer, headers, raw = https(proxy, files, method, target, body, extra)
         assert (answer, json.loads(raw)["error"]) == (status, code), (target, raw)
         assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_plain_port_takes_http2_with_prior_knowledge_and_http_1_1_as_before(proxy):
+    """`http2 on` is per server: 8080 answers a client that opens with HTTP/2's preface."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as plain:
+        plain.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+        frame = plain.recv(9)
+    assert len(frame) == 9 and frame[3] == 4, frame  # the server's SETTINGS frame
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as plain:
+        plain.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert plain.recv(65536).startswith(b"HTTP/1.1 200"), "HTTP/1.1 on 8080"
 
 
 def test_plain_http_on_the_tls_port_gets_a_json_400(proxy):
@@ -185,11 +198,17 @@ def test_a_bad_certificate_or_key_stops_nginx_at_start_with_one_line(api, files,
 
 def test_the_scanner_finds_nothing_of_medium_severity_or_above(proxy, files, tmp_path):
     report = tmp_path / "testssl.json"
+    # From the forky root, testssl.sh must run the root's own OpenSSL: PATH's first `openssl` is
+    # the harness's wrapper for the host, which cannot start from inside the root.
+    in_root = ["--openssl", "/usr/bin/openssl"] if toolchain.mode() == "forky" else []
     run = subprocess.run(
-        [procs.program("testssl"), "--quiet", "--warnings", "off", "--color", "0", "--add-ca", files["local-ca"],
+        [procs.program("testssl"), *in_root, "--quiet", "--warnings", "off", "--color", "0",
+         "--add-ca", files["local-ca"],
          "--ip", "127.0.0.1", "--jsonfile", report, f"https://localhost:{proxy.tls_port}/get_user?userid=7"],
         capture_output=True, text=True, timeout=600)
     assert report.exists(), run.stdout[-3000:] + run.stderr[-2000:]
+    problems = [f for f in json.loads(report.read_text()) if f["id"] == "scanProblem"]
+    assert not problems, f"{problems}\n{run.stdout[-3000:]}"
     findings = json.loads(report.read_text())
     # The one finding about where the certificate comes from, not about the server: a local CA
     # whose key is destroyed (nix/local-tls.sh) can publish no revocation list, and testssl.sh
@@ -241,6 +260,31 @@ def test_up_replaces_its_own_certificate_within_30_days_of_expiry(tmp_path):
     # And keeps a fresh one as it is.
     run, changed = run_local_tls(tmp_path)
     assert run.returncode == 0 and not changed, run.stderr
+
+
+def test_a_new_pair_lands_in_a_0700_directory_and_in_place(tmp_path):
+    secrets = tmp_path / "secrets"
+    run, _ = run_local_tls(secrets)
+    assert run.returncode == 0, run.stderr
+    assert secrets.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in secrets.glob("*.pem"))
+    # Its own, broken (the key of another pair): made anew, in the same files (inodes), which a
+    # running proxy's bind mounts keep seeing.
+    inodes = {p.name: p.stat().st_ino for p in secrets.glob("*.pem")}
+    other = local_tls(tmp_path / "other")
+    (secrets / "tls_key.pem").write_bytes(other["tls_key"].read_bytes())
+    run, changed = run_local_tls(secrets)
+    assert run.returncode == 0 and changed, run.stderr
+    assert {p.name: p.stat().st_ino for p in secrets.glob("*.pem")} == inodes
+
+
+@pytest.mark.parametrize("missing", ["tls_cert.pem", "tls_key.pem"])
+def test_half_a_pair_of_yours_is_refused_and_left_alone(tmp_path, missing):
+    certificate(tmp_path, "Example Corp CA", NOW + timedelta(days=200))
+    (tmp_path / missing).unlink()
+    run, changed = run_local_tls(tmp_path)
+    assert run.returncode == 1 and not changed, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "without its" in run.stderr, run.stderr
 
 
 @pytest.mark.parametrize("case", ["valid", "expiring", "expired", "mismatched key"])
