@@ -149,6 +149,35 @@ def test_the_plain_port_takes_http2_with_prior_knowledge_and_http_1_1_as_before(
         assert plain.recv(65536).startswith(b"HTTP/1.1 200"), "HTTP/1.1 on 8080"
 
 
+def curl_h2(proxy, files, target, *args):
+    """curl over HTTP/2 (what browsers speak on 8443): (exit status, status, body)."""
+    run = subprocess.run(
+        ["curl", "-sS", "--http2", "--cacert", files["local-ca"], "-w", "\n%{http_code} %{http_version}",
+         f"https://localhost:{proxy.tls_port}{target}", *args],
+        capture_output=True, text=True, timeout=30)
+    body, _, tail = run.stdout.rpartition("\n")
+    status, _, version = tail.partition(" ")
+    assert run.returncode != 0 or version == "2", run.stdout
+    return run.returncode, status, body
+
+
+def test_the_gateway_errors_are_json_over_http2_too(proxy, files):
+    for target, args, status, code in (
+        ("/metrics", (), "404", "not_found"),
+        ("/get_user?userid=nope", (), "400", "invalid_userid"),
+        # nginx's own 413: over HTTP/2 the body is discarded differently, and the error page's
+        # location once raised a second 413 that came out as nginx's HTML page (nginx.conf).
+        ("/users", ("-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "x" * 20_000),
+         "413", "payload_too_large"),
+    ):
+        exit_status, answer, body = curl_h2(proxy, files, target, *args)
+        assert (exit_status, answer, json.loads(body)["error"]) == (0, status, code), (target, body)
+    # A header field over 8 KiB: HTTP/2 has no request yet to answer 431 to; nginx ends the
+    # connection instead (nginx/README.md). Refused either way, never passed on.
+    exit_status, answer, _ = curl_h2(proxy, files, "/get_user?userid=1", "-H", "X-Big: " + "~" * 9000)
+    assert exit_status != 0 and answer == "000", (exit_status, answer)
+
+
 def test_plain_http_on_the_tls_port_gets_a_json_400(proxy):
     with socket.create_connection(("127.0.0.1", proxy.tls_port), timeout=10) as plain:
         plain.sendall(b"GET /get_user?userid=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
