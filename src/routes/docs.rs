@@ -3,6 +3,7 @@
 //! that allows exactly what the page loads. Not part of the OpenAPI document:
 //! a page for people, not an operation of the API.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -88,8 +89,8 @@ fn asset(path: &str) -> Option<&'static Asset> {
     // the tests that load the page.
     let file = utoipa_swagger_ui::serve(path, CONFIG.clone()).ok()??;
     let bytes: &'static [u8] = match file.bytes {
-        std::borrow::Cow::Borrowed(bytes) => bytes,
-        std::borrow::Cow::Owned(bytes) => Vec::leak(bytes),
+        Cow::Borrowed(bytes) => bytes,
+        Cow::Owned(bytes) => Vec::leak(bytes),
     };
     // Rocket's own table, which names the charset of text types
     // (`text/html; charset=utf-8`); "" is the index, `index.html`.

@@ -108,7 +108,6 @@ def test_only_tls_1_2_and_1_3(proxy, files):
 def test_an_unknown_name_gets_the_default_certificate(proxy, files):
     context = trusting(files)
     context.check_hostname = False
-    _, _, _ = handshake(proxy, context, server_hostname="unknown.example")
     with socket.create_connection(("127.0.0.1", proxy.tls_port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname="unknown.example") as tls:
             served = ssl.DER_cert_to_PEM_cert(tls.getpeercert(binary_form=True))
