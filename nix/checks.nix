@@ -85,7 +85,7 @@ in
       ''
         python3 ${./tests/image_contract.py} \
           --contract ${./contract.json} --manifest ${manifestFile} \
-          --compose ${../docker-compose.yml} --nginx-conf ${../nginx/nginx.conf} --check-files
+          --compose ${../docker-compose.yml} ${../docker-compose.acme.yml} --nginx-conf ${../nginx/nginx.conf} --check-files
         touch "$out"
       '';
 
@@ -120,11 +120,11 @@ in
         touch "$out"
       '';
 
-  # The db and mysqld-exporter images run these scripts verbatim, the deploy app runs
+  # The db, mysqld-exporter and acme images run these scripts verbatim, the deploy app runs
   # nix/deploy.sh; info-level notes are not failures.
   db-scripts = runCommand "user-api-db-scripts-shellcheck" { nativeBuildInputs = [ shellcheck ]; } ''
     shellcheck --severity=warning ${../db/entrypoint.sh} ${../db/healthcheck.sh} ${../db/backup.sh} \
-      ${../monitoring/mysqld-exporter-entrypoint.sh} ${./deploy.sh}
+      ${../monitoring/mysqld-exporter-entrypoint.sh} ${./deploy.sh} ${../nginx/acme/acme.sh}
     touch "$out"
   '';
 

@@ -2,7 +2,7 @@
 # that writes an uncompressed image tarball to stdout (`nix build .#api-image && ./result |
 # docker load`, or podman load). Nothing big lands in the Nix store. api, proxy and db are the
 # stack; prometheus, grafana, nginx-exporter and mysqld-exporter the compose profile
-# `monitoring` (monitoring/README.md).
+# `monitoring` (monitoring/README.md); acme the ACME client of docker-compose.acme.yml.
 {
   lib,
   dockerTools,
@@ -17,12 +17,14 @@
   findutils,
   gzip,
   busybox,
+  cacert,
   nginx,
   mariadb,
   prometheus,
   grafana,
   prometheus-nginx-exporter,
   prometheus-mysqld-exporter,
+  certbot,
   user-api,
   contract,
   version,
@@ -381,10 +383,68 @@ let
         "bin/mysqld_exporter"
         "bin/sh"
       ];
+  # ---- acme (docker-compose.acme.yml) -----------------------------------------------------------
+  # certbot (5.5, the version Debian forky ships, which the tests run; lego would be one Go
+  # binary instead of a Python closure, but nixpkgs' lego 5 has another CLI than the lego 4
+  # these machines can run) and nginx/acme/acme.sh as /bin/acme, run by busybox's sh (certbot
+  # runs the deploy hook with /bin/sh too); the applets the script calls are links to the same
+  # busybox (it picks the applet from argv[0]). The state directory's subdirectories are owned
+  # by the image's user, so that fresh named volumes mounted on them inherit the owner (the
+  # proxy, the same uid, reads live/ and webroot/). The CA's directory is HTTPS: the
+  # image has cacert's bundle where certbot's requests is told to look (REQUESTS_CA_BUNDLE).
+  acmeContract = contract.acme;
+  acmeApplets = [
+    "sh"
+    "cat"
+    "cp"
+    "mv"
+    "tr"
+    "xargs"
+    "echo"
+    "sleep"
+    "kill"
+  ];
+  acmeRoot = runCommand "user-api-acme-root" { } ''
+    mkdir -p "$out/bin" "$out/etc/ssl/certs"
+    ln -s ${lib.getExe certbot} "$out/bin/certbot"
+    ln -s ${busybox}/bin/busybox "$out/bin/busybox"
+    ${lib.concatMapStringsSep "\n" (applet: ''ln -s busybox "$out/bin/${applet}"'') acmeApplets}
+    install -m 0555 ${../nginx/acme/acme.sh} "$out/bin/acme"
+    ln -s ${cacert}/etc/ssl/certs/ca-bundle.crt "$out/etc/ssl/certs/ca-certificates.crt"
+  '';
+  acmeContents = [
+    acmeRoot
+    dockerTools.fakeNss
+  ];
+  acmeConfig = {
+    User = acmeContract.user;
+    Entrypoint = acmeContract.entrypoint;
+    Cmd = acmeContract.cmd;
+    Env = acmeContract.env;
+    Healthcheck = healthcheck acmeContract.healthcheck;
+    Labels = labels acmeContract.image;
+  };
+  acme-image = dockerTools.streamLayeredImage {
+    name = acmeContract.image;
+    tag = acmeContract.tag;
+    inherit created;
+    contents = acmeContents;
+    fakeRootCommands = ''
+      mkdir -p tmp ${
+        lib.concatMapStringsSep " " (d: ".${acmeContract.stateDir}/${d}") acmeContract.stateSubdirs
+      }
+      chmod 1777 tmp
+      chown -R ${acmeContract.user} .${acmeContract.stateDir}
+      chmod 0700 .${acmeContract.stateDir}/certbot .${acmeContract.stateDir}/live
+      chmod 0755 .${acmeContract.stateDir} .${acmeContract.stateDir}/webroot
+    '';
+    config = acmeConfig;
+  };
+
   # Every image by its flake output name: packages.<name> and checks.<name> (nix/default.nix,
   # nix/checks.nix).
   outputs = {
-    inherit api-image proxy-image db-image;
+    inherit api-image proxy-image db-image acme-image;
     prometheus-image = prometheusImage.image;
     grafana-image = grafanaImage.image;
     nginx-exporter-image = nginxExporterImage.image;
@@ -445,5 +505,19 @@ outputs
     grafana = grafanaImage.manifest;
     nginx-exporter = nginxExporterImage.manifest;
     mysqld-exporter = mysqldExporterImage.manifest;
+    acme = {
+      ref = "${acmeContract.image}:${acmeContract.tag}";
+      config = acmeConfig;
+      contents = acmeContents;
+      files = [
+        "bin/acme"
+        "bin/certbot"
+        "bin/sh"
+        "etc/ssl/certs/ca-certificates.crt"
+        "etc/passwd"
+        "etc/group"
+      ]
+      ++ map (applet: "bin/${applet}") acmeApplets;
+    };
   };
 }

@@ -83,7 +83,7 @@ while IFS= read -r -d '' file; do
   fi
 done < <(git -C "$repo" ls-files -z -- '*.nix')
 
-if [ -n "$(git -C "$repo" status --porcelain -- flake.nix flake.lock nix docker-compose.yml nginx db Cargo.toml Cargo.lock src migrations tests)" ]; then
+if [ -n "$(git -C "$repo" status --porcelain -- flake.nix flake.lock nix docker-compose.yml docker-compose.acme.yml nginx db Cargo.toml Cargo.lock src migrations tests)" ]; then
   echo "note: the work tree has uncommitted changes; the flake sees tracked files only (new files need git add)"
 fi
 
@@ -245,7 +245,7 @@ echo "note: this is Nix $nix_version; nixpkgs and the stand-in refuse Nix < 2.18
 if python3 -c 'import yaml' >/dev/null 2>&1; then
   if evaluate "$repo" checks.x86_64-linux.image-config.manifest 'm: m' >"$tmp/manifest.json"; then
     if python3 "$here/image_contract.py" --contract "$repo/nix/contract.json" --manifest "$tmp/manifest.json" \
-      --compose "$repo/docker-compose.yml" --nginx-conf "$repo/nginx/nginx.conf"; then
+      --compose "$repo/docker-compose.yml" "$repo/docker-compose.acme.yml" --nginx-conf "$repo/nginx/nginx.conf"; then
       ok "image config matches the contract and docker-compose.yml"
     else
       bad "image config vs contract / docker-compose.yml (above)"

@@ -10,7 +10,7 @@ the compose file. Checks:
     read: one statement of it);
   * with --nginx-conf: every file nginx.conf includes from its own directory is in the proxy
     image's config directory (contract: configDir);
-  * the compose file: image references (defaults of ${VAR:-...}), user/entrypoint/stop_signal
+  * the compose files (docker-compose.yml and the files merged over it): image references (defaults of ${VAR:-...}), user/entrypoint/stop_signal
     overrides, healthcheck commands (exec form, executable present in the image), published and
     exposed ports, ROCKET_* overrides, and the secret files that `nix run .#up` creates;
   * with --check-files (inside the Nix sandbox, where the contents are built): the files exist in
@@ -39,6 +39,7 @@ REQUIRED_FILES = {
     "grafana": ["bin/grafana", "bin/wget", "share/grafana"],
     "nginx-exporter": ["bin/nginx-prometheus-exporter", "bin/wget"],
     "mysqld-exporter": ["bin/mysqld-exporter-entrypoint", "bin/mysqld_exporter", "bin/sh", "bin/wget"],
+    "acme": ["bin/acme", "bin/certbot", "bin/sh", "etc/ssl/certs/ca-certificates.crt"],
 }
 
 
@@ -241,6 +242,24 @@ def check_compose(report, compose, manifest):
             report.check(path in UP_SECRETS, f"compose secret {name}: file {secret['file']} is not one that `nix run .#up` creates {sorted(UP_SECRETS)}")
 
 
+def merge_compose(base, override):
+    """`docker compose -f base -f override`'s merge, as far as these checks read it: services
+    and top-level maps merged by name, a service's keys replaced by the override's."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            inner = dict(merged[key])
+            for name, spec in value.items():
+                if key == "services" and isinstance(inner.get(name), dict):
+                    inner[name] = {**inner[name], **spec}
+                else:
+                    inner[name] = spec
+            merged[key] = inner
+        else:
+            merged[key] = value
+    return merged
+
+
 def find_file(image, rel):
     for root in image["contents"]:
         path = os.path.join(root, rel)
@@ -270,15 +289,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contract", required=True, help="nix/contract.json")
     parser.add_argument("--manifest", required=True)
-    parser.add_argument("--compose", required=True)
+    parser.add_argument("--compose", required=True, nargs="+",
+                        help="docker-compose.yml, then the files users merge over it (docker-compose.acme.yml)")
     parser.add_argument("--nginx-conf", help="nginx/nginx.conf: its includes must be in the proxy image")
     parser.add_argument("--check-files", action="store_true")
     args = parser.parse_args()
 
     with open(args.manifest) as f:
         manifest = json.load(f)
-    with open(args.compose) as f:
-        compose = yaml.safe_load(f) or {}
+    compose = {}
+    for path in args.compose:
+        with open(path) as f:
+            compose = merge_compose(compose, yaml.safe_load(f) or {})
 
     contract = load_contract(args.contract)
     if args.nginx_conf:

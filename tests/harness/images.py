@@ -459,6 +459,61 @@ def mysqld_exporter_image(c: dict) -> tuple[list[Layer], dict]:
     return [libs, custom], _monitoring_config(c, "user-api-mysqld-exporter (stand-in)")
 
 
+# The busybox applets nginx/acme/acme.sh calls (nix/images.nix: acmeApplets).
+ACME_APPLETS = ("sh", "cat", "cp", "mv", "tr", "xargs", "echo", "sleep", "kill")
+
+
+def acme_image(c: dict) -> tuple[list[Layer], dict]:
+    """certbot with the Python it runs on (Debian's: /usr/bin/python3 and its standard library,
+    certbot's packages in dist-packages, every shared library their extension modules load),
+    busybox for the script and its applets, the state directories owned by the image's user."""
+    root = _require("/usr/bin/certbot", "certbot")
+    _require("/bin/busybox", "busybox-static")
+    libs = base_layer(root)
+    python = os.path.realpath(resolve(root, "/usr/bin/python3")).rsplit("/", 1)[-1]
+    libs.binary(f"/usr/bin/{python}")
+    libs.link("/usr/bin/python3", python)
+    for tree in (f"/usr/lib/{python}", "/usr/lib/python3/dist-packages"):
+        libs.tree(tree)
+        for so in sorted(resolve(root, tree).rglob("*.so*")):
+            for lib in shared_libraries("/" + str(so.relative_to(root)), root):
+                if _in_root(lib) not in libs.entries:
+                    libs.file(lib, src=resolve(root, lib), mode=0o755)
+    # OpenSSL's providers (cryptography loads the legacy one and warns without it).
+    for modules in root.glob("usr/lib/*-linux-gnu/ossl-modules"):
+        libs.tree("/" + str(modules.relative_to(root)))
+    libs.file("/usr/bin/certbot", src=resolve(root, "/usr/bin/certbot"), mode=0o755)
+    libs.binary("/bin/busybox", "/bin/busybox")
+    custom = users_layer()
+    for applet in ACME_APPLETS:
+        custom.link(f"/bin/{applet}", "busybox")
+    for path, source in config_files("acme", c).items():
+        custom.file(path, src=source, mode=0o755)
+    bundle = resolve(root, "/etc/ssl/certs/ca-certificates.crt")
+    if bundle.is_file():
+        custom.file("/etc/ssl/certs/ca-certificates.crt", src=bundle)
+    uid, gid = (int(x) for x in c["user"].split(":"))
+    custom.dir(c["stateDir"], 0o755, uid, gid)
+    for sub in c["stateSubdirs"]:
+        custom.dir(f"{c['stateDir']}/{sub}", 0o755 if sub == "webroot" else 0o700, uid, gid)
+    return [libs, custom], _config(c, "user-api-acme (stand-in)")
+
+
+def pebble_image(ref: str) -> str:
+    """Let's Encrypt's ACME test server (Debian's pebble), for the tests only: no contract, no
+    Nix twin. Loaded as ``ref``; its config and certificate are mounted by the test."""
+    root = _require("/usr/bin/pebble", "pebble")
+    libs = base_layer(root)
+    libs.binary("/usr/bin/pebble", "/bin/pebble")
+    config = {"User": "65534:65534", "Entrypoint": ["/bin/pebble"],
+              "Labels": {STAND_IN_LABEL: "Debian's pebble, for tests/e2e only"}}
+    with tempfile.TemporaryDirectory(prefix="user-api-images.") as tmp:
+        archive = Path(tmp) / "pebble.tar"
+        write_archive(archive, ref, [libs, users_layer()], config)
+        docker_load(archive)
+    return ref
+
+
 def default_api_bin() -> Path:
     if os.environ.get("E2E_API_BIN"):
         return Path(os.environ["E2E_API_BIN"])
@@ -481,6 +536,7 @@ def build_stand_ins(api_bin: Path | None = None, workdir: Path | None = None,
         "prometheus": lambda: prometheus_image(c["prometheus"]),
         "nginx-exporter": lambda: nginx_exporter_image(c["nginx-exporter"]),
         "mysqld-exporter": lambda: mysqld_exporter_image(c["mysqld-exporter"]),
+        "acme": lambda: acme_image(c["acme"]),
     }
     assert set(builders) == set(tags), f"stand-in builders {sorted(builders)} != {sorted(tags)}"
     with tempfile.TemporaryDirectory(prefix="user-api-images.", dir=workdir) as tmp:
@@ -570,6 +626,8 @@ def config_files(service: str, c: dict) -> dict[str, Path]:
                    for f in sorted((monitoring / "grafana" / "dashboards").glob("*.json"))}}
     if service == "mysqld-exporter":
         return {c["entrypoint"][0]: monitoring / "mysqld-exporter-entrypoint.sh"}
+    if service == "acme":
+        return {c["entrypoint"][0]: REPO / "nginx" / "acme" / "acme.sh"}
     return {}
 
 

@@ -50,6 +50,9 @@ PACKAGES = (
     "nix-bin",                     # 2.34: the flake's evaluation (nix/tests/check.sh)
     "busybox-static",              # the stand-in images' healthcheck wget and sh
     "testssl.sh",                  # the TLS scanner of tests/tls (and the openssl it runs)
+    "certbot",                     # 5.5: the acme image's client (nixpkgs' certbot: 5.5.0)
+    "pebble",                      # 2.10: Let's Encrypt's ACME test server (tests/tls)
+    "prometheus-blackbox-exporter",  # 0.28: certificate expiry (monitoring profile)
 )
 
 # Run in the root once its packages are in: what a machine with these packages has and mmdebstrap
@@ -74,6 +77,9 @@ PROGRAMS = {
     "testssl": "/usr/bin/testssl",
     # 3.5: -not_before/-not_after (3.4+), for certificates dated in the past.
     "openssl": "/usr/bin/openssl",
+    "certbot": "/usr/bin/certbot",
+    "pebble": "/usr/bin/pebble",
+    "prometheus-blackbox-exporter": "/usr/bin/prometheus-blackbox-exporter",
 }
 
 # The root's own system; every other top-level directory of the host is bound over it.

@@ -651,6 +651,15 @@ let
       pname = "mysqld_exporter";
       mainProgram = "mysqld_exporter";
     };
+    # pkgs/by-name/ce/certbot/package.nix (python3Packages.certbot 5.5.0, toPythonApplication):
+    # mainProgram "certbot". pkgs/by-name/ca/cacert/package.nix: the bundle at
+    # etc/ssl/certs/ca-bundle.crt.
+    certbot = pkg {
+      pname = "certbot";
+      version = "5.5.0";
+      mainProgram = "certbot";
+    };
+    cacert = pkg { pname = "nss-cacert"; };
     sqlx-cli = pkg { pname = "sqlx-cli"; };
     wrk = pkg { pname = "wrk"; };
     yq-go = pkg { pname = "yq-go"; };
