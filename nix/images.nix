@@ -1,7 +1,7 @@
 # The OCI images, as dockerTools.streamLayeredImage scripts: building one gives a small script
 # that writes an uncompressed image tarball to stdout (`nix build .#api-image && ./result |
 # docker load`, or podman load). Nothing big lands in the Nix store. api, proxy and db are the
-# stack; prometheus, grafana, nginx-exporter and mysqld-exporter the compose profile
+# stack; prometheus, grafana and the nginx, mysqld and blackbox exporters the compose profile
 # `monitoring` (monitoring/README.md); acme the ACME client of docker-compose.acme.yml.
 {
   lib,
@@ -24,6 +24,7 @@
   grafana,
   prometheus-nginx-exporter,
   prometheus-mysqld-exporter,
+  prometheus-blackbox-exporter,
   certbot,
   user-api,
   contract,
@@ -254,6 +255,7 @@ let
     fileset = lib.fileset.unions (
       [
         ../monitoring/prometheus.yml
+        ../monitoring/blackbox.yml
         ../monitoring/mysqld-exporter-entrypoint.sh
         ../monitoring/grafana/provisioning
         ../monitoring/grafana/dashboards
@@ -441,6 +443,24 @@ let
     config = acmeConfig;
   };
 
+  # The certificate the proxy serves, probed over TLS (monitoring/blackbox.yml, baked in).
+  blackboxConfigDir = lib.removePrefix "/" contract.blackbox-exporter.configDir;
+  blackboxExporterImage =
+    monitoringImage "blackbox-exporter"
+      (monitoringRoot "blackbox-exporter"
+        {
+          blackbox_exporter = lib.getExe prometheus-blackbox-exporter;
+        }
+        ''
+          mkdir -p "$out/${blackboxConfigDir}"
+          install -m 0444 ${monitoringSource}/blackbox.yml "$out/${blackboxConfigDir}/blackbox.yml"
+        ''
+      )
+      [
+        "bin/blackbox_exporter"
+        "${blackboxConfigDir}/blackbox.yml"
+      ];
+
   # Every image by its flake output name: packages.<name> and checks.<name> (nix/default.nix,
   # nix/checks.nix).
   outputs = {
@@ -449,6 +469,7 @@ let
     grafana-image = grafanaImage.image;
     nginx-exporter-image = nginxExporterImage.image;
     mysqld-exporter-image = mysqldExporterImage.image;
+    blackbox-exporter-image = blackboxExporterImage.image;
   };
 in
 outputs
@@ -505,6 +526,7 @@ outputs
     grafana = grafanaImage.manifest;
     nginx-exporter = nginxExporterImage.manifest;
     mysqld-exporter = mysqldExporterImage.manifest;
+    blackbox-exporter = blackboxExporterImage.manifest;
     acme = {
       ref = "${acmeContract.image}:${acmeContract.tag}";
       config = acmeConfig;

@@ -39,6 +39,7 @@ REQUIRED_FILES = {
     "grafana": ["bin/grafana", "bin/wget", "share/grafana"],
     "nginx-exporter": ["bin/nginx-prometheus-exporter", "bin/wget"],
     "mysqld-exporter": ["bin/mysqld-exporter-entrypoint", "bin/mysqld_exporter", "bin/sh", "bin/wget"],
+    "blackbox-exporter": ["bin/blackbox_exporter", "bin/wget", "etc/blackbox_exporter/blackbox.yml"],
     "acme": ["bin/acme", "bin/certbot", "bin/sh", "etc/ssl/certs/ca-certificates.crt"],
 }
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import calendar
 import json
 import re
+import subprocess
 import time
 
 import pytest
@@ -31,7 +32,7 @@ import yaml
 import e2e_support as e2e
 from harness import compose
 
-MONITORING = ("prometheus", "nginx-exporter", "mysqld-exporter")
+MONITORING = ("prometheus", "nginx-exporter", "mysqld-exporter", "blackbox-exporter")
 EXPORTER_GRANTS = {"PROCESS", "SLAVE MONITOR"}
 # (MariaDB >= 10.5 shows REPLICATION CLIENT as its new name, BINLOG MONITOR)
 EXPORTER_REPLICATION_GRANT = {"REPLICATION CLIENT", "BINLOG MONITOR"}
@@ -131,6 +132,14 @@ def test_prometheus_sees_every_target_up(mon, record):
     assert scalar(mon, "nginx_up") == 1.0, "the nginx exporter cannot read stub_status"
     assert scalar(mon, "mysql_up") == 1.0, "the mysqld exporter cannot log in to MariaDB"
     assert scalar(mon, "user_api_database_reachable") == 1.0
+    # The blackbox exporter's handshake with the proxy's HTTPS port, and the served
+    # certificate's end as the one in secrets/ says it.
+    assert scalar(mon, 'probe_success{job="tls"}') == 1.0, "no TLS handshake with proxy:8443"
+    not_after = subprocess.run(
+        ["openssl", "x509", "-noout", "-enddate", "-in", mon.dir / "secrets" / "tls_cert.pem"],
+        capture_output=True, text=True, check=True).stdout.strip().removeprefix("notAfter=")
+    expected = calendar.timegm(time.strptime(not_after, "%b %d %H:%M:%S %Y GMT"))
+    assert scalar(mon, 'probe_ssl_earliest_cert_expiry{job="tls"}') == expected
     record(f"monitoring: every target up {time.monotonic() - t0:.1f} s after the profile: "
            + ", ".join(f"{job} ({ts[0]['scrapeUrl']})" for job, ts in sorted(jobs.items())))
 

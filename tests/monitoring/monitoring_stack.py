@@ -1,7 +1,7 @@
 """Helpers of tests/monitoring (a module of its own name: several suites
 have a conftest.py, and one pytest run collects them all). A real monitoring stack of local processes on free loopback ports: MariaDB,
-the release user-api, nginx with the shipped config, the nginx and mysqld
-exporters and Prometheus (all from Debian), scraping each other with the
+the release user-api, nginx with the shipped config (and its TLS listener), the
+nginx, mysqld and blackbox exporters and Prometheus (all from Debian), scraping each other with the
 repository's monitoring/prometheus.yml (targets and intervals rewritten).
 """
 
@@ -63,7 +63,10 @@ def scaled(expr: str) -> str:
 
 
 class Prometheus:
-    def __init__(self, targets: dict[str, str]):
+    def __init__(self, targets: dict[str, str], probers: dict[str, str] | None = None):
+        """``targets``: job -> the one local target. ``probers``: job -> the local address of
+        the exporter a probing job's scrape goes to (the blackbox exporter of the job `tls`,
+        whose target is what it probes)."""
         self.dir = Path(tempfile.mkdtemp(prefix="user-api-prometheus-"))
         self.port = free_port()
         targets = {**targets, "prometheus": f"127.0.0.1:{self.port}"}
@@ -83,6 +86,9 @@ class Prometheus:
             for discovery in [k for k in job if k.endswith("_configs") and k != "relabel_configs"]:
                 del job[discovery]
             job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+            for rule in job.get("relabel_configs", []):
+                if rule.get("target_label") == "__address__":
+                    rule["replacement"] = (probers or {})[job["job_name"]]
         self.config = self.dir / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config))
         self.process = procs.spawn(
@@ -166,6 +172,30 @@ def nginx_exporter(nginx: Nginx) -> Exporter:
     )
 
 
+def blackbox_exporter() -> Exporter:
+    """The repository's monitoring/blackbox.yml, as the image holds it."""
+    port = free_port()
+    return Exporter(
+        "blackbox-exporter",
+        [
+            program("prometheus-blackbox-exporter"),
+            f"--config.file={MONITORING / 'blackbox.yml'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        port,
+    )
+
+
+def certificate(directory: Path, days: int) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost ending ``days`` from now, and its key."""
+    cert, key = directory / f"cert-{days}d.pem", directory / f"key-{days}d.pem"
+    subprocess.run(
+        [program("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", str(days), "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+        check=True, capture_output=True)
+    return cert, key
+
+
 def mysqld_exporter(db: MariaDB, password: str) -> Exporter:
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix="user-api-mysqld-exporter-cnf-"))
@@ -225,13 +255,23 @@ class Stack:
             },
         )
         self.closers.append(self.api.close)
-        # The shipped rate limit would turn the test's traffic into 429s.
+        # The shipped rate limit would turn the test's traffic into 429s. HTTPS with a
+        # certificate of a year, which the blackbox exporter reads; the files are replaced (and
+        # nginx reloaded) to provoke the expiry alerts.
+        self.tls_dir = Path(tempfile.mkdtemp(prefix="user-api-monitoring-tls-"))
+        self.closers.append(lambda: shutil.rmtree(self.tls_dir, ignore_errors=True))
+        self.tls_cert, self.tls_key = self.tls_dir / "tls_cert.pem", self.tls_dir / "tls_key.pem"
+        for made, served in zip(certificate(self.tls_dir, 365), (self.tls_cert, self.tls_key)):
+            shutil.copyfile(made, served)
         self.nginx = Nginx.start(
-            f"127.0.0.1:{self.api.port}", files={"rate_limit_exempt.conf": '127.0.0.1 "";\n'}, access_log=False
+            f"127.0.0.1:{self.api.port}", files={"rate_limit_exempt.conf": '127.0.0.1 "";\n'}, access_log=False,
+            tls=(self.tls_cert, self.tls_key),
         )
         self.closers.append(self.nginx.close)
         self.nginx_exporter = nginx_exporter(self.nginx)
         self.closers.append(self.nginx_exporter.close)
+        self.blackbox_exporter = blackbox_exporter()
+        self.closers.append(self.blackbox_exporter.close)
         self.mysqld_exporter = mysqld_exporter(self.db, self.exporter_password)
         self.closers.append(self.mysqld_exporter.close)
         self.closers.append(lambda: shutil.rmtree(self.mysqld_exporter.cnf_dir, ignore_errors=True))
@@ -240,7 +280,9 @@ class Stack:
                 "api": f"127.0.0.1:{self.api.port}",
                 "nginx": f"127.0.0.1:{self.nginx_exporter.port}",
                 "mysql": f"127.0.0.1:{self.mysqld_exporter.port}",
-            }
+                "tls": f"127.0.0.1:{self.nginx.tls_port}",
+            },
+            probers={"tls": f"127.0.0.1:{self.blackbox_exporter.port}"},
         )
         self.closers.append(self.prometheus.close)
 
@@ -250,6 +292,7 @@ class Stack:
             ("user-api", self.api.log()),
             ("nginx exporter", self.nginx_exporter.log()),
             ("mysqld exporter", self.mysqld_exporter.log()),
+            ("blackbox exporter", self.blackbox_exporter.log()),
         ]
         return "\n".join(f"---- {name}\n{text[-3000:]}" for name, text in parts)
 

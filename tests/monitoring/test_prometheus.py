@@ -1,16 +1,21 @@
-"""A real Prometheus scrapes the real API, nginx (through its exporter) and
+"""A real Prometheus scrapes the real API, nginx (through its exporter), the
+certificate nginx serves on HTTPS (through the blackbox exporter) and
 MariaDB (through its exporter, as a least-privilege user); known traffic goes
 in, then every expression of the dashboard and of the alert rules is run
 through Prometheus' HTTP API.
 
 The tests of this module run in file order on one stack: healthy first (the
 alerts must stay quiet), then each alert's condition is provoked for real
-(a table lock, MariaDB stopped, nginx stopped, the API stopped) and its
+(a certificate close to its end, a table lock, MariaDB stopped, nginx
+stopped, the API stopped) and its
 expression must return data.
 """
 
 import json
 import math
+import os
+import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -18,7 +23,7 @@ import urllib.request
 
 import yaml
 
-from monitoring_stack import EXPORTER_USER, MONITORING, http, program, scaled
+from monitoring_stack import EXPORTER_USER, MONITORING, certificate, http, program, scaled
 
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "user-api.json"
 RULES = sorted((MONITORING / "rules").glob("*.rules.yml"))
@@ -90,12 +95,13 @@ class Traffic:
 
 def test_every_target_is_up(stack):
     up = stack.prometheus.wait_for(
-        "up", 30, "every target scraped", condition=lambda r: len(r) == 4 and all(x["value"][1] == "1" for x in r)
+        "up", 30, "every target scraped", condition=lambda r: len(r) == 5 and all(x["value"][1] == "1" for x in r)
     )
-    assert {r["metric"]["job"] for r in up} == {"api", "nginx", "mysql", "prometheus"}
+    assert {r["metric"]["job"] for r in up} == {"api", "nginx", "mysql", "tls", "prometheus"}
     # The exporters reach what they export, the mysqld one as its own user.
     assert finite(stack.prometheus.wait_for('nginx_up{job="nginx"}', 10, "nginx_up")) == [1.0]
     assert finite(stack.prometheus.wait_for('mysql_up{job="mysql"}', 10, "mysql_up")) == [1.0], stack.logs()
+    assert finite(stack.prometheus.wait_for('probe_success{job="tls"}', 10, "probe_success")) == [1.0], stack.logs()
 
 
 def test_the_exporter_s_user_can_collect_but_not_read_the_data(stack):
@@ -194,6 +200,34 @@ def test_no_alert_fires_while_all_is_well(stack):
     assert not any(firing.values()), {k: v for k, v in firing.items() if v}
 
 
+def test_certificate_expiry_alerts_when_the_served_certificate_ends_soon(stack):
+    """The blackbox exporter reads the certificate nginx serves; with 10 and then 5 days left
+    (files replaced, nginx reloaded, as a renewal does), the expiry alerts' expressions return
+    data and Prometheus holds the alert."""
+    rules = alert_rules()
+    (year,) = stack.prometheus.wait_for('probe_ssl_earliest_cert_expiry{job="tls"}', 30, "the probe")
+    assert 364 * 86400 < float(year["value"][1]) - time.time() < 366 * 86400
+    try:
+        for days, alerts in ((10, ["TlsCertificateExpiresSoon"]),
+                             (5, ["TlsCertificateExpiresSoon", "TlsCertificateExpiresVerySoon"])):
+            for made, served in zip(certificate(stack.tls_dir, days), (stack.tls_cert, stack.tls_key)):
+                shutil.copyfile(made, served)
+            os.kill(stack.nginx.process.pid, signal.SIGHUP)
+            for alert in alerts:
+                # Once a probe after the reload has been scraped: the value is the new end.
+                (left,) = stack.prometheus.wait_for(
+                    scaled(rules[alert]), 30, f"{alert} data for {days} days",
+                    condition=lambda r: r and float(r[0]["value"][1]) <= days * 86400)
+                assert (days - 1) * 86400 < float(left["value"][1])
+        stack.prometheus.wait_for('ALERTS{alertname="TlsCertificateExpiresVerySoon"}', 30, "the alert pending")
+    finally:
+        for made, served in zip(certificate(stack.tls_dir, 365), (stack.tls_cert, stack.tls_key)):
+            shutil.copyfile(made, served)
+        os.kill(stack.nginx.process.pid, signal.SIGHUP)
+    stack.prometheus.wait_for(scaled(rules["TlsCertificateExpiresSoon"]), 30, "the alert's data gone",
+                              condition=lambda r: not r)
+
+
 class TableLock:
     """LOCK TABLES users WRITE, held by a client session until closed."""
 
@@ -263,6 +297,9 @@ def test_database_unreachable_alert_when_mariadb_stops(stack):
 def test_target_down_alert_when_nginx_stops(stack):
     stack.nginx.close(keep_files=True)
     stack.prometheus.wait_for(scaled(alert_rules()["MonitoringTargetDown"]), 30, "MonitoringTargetDown data")
+    # No handshake with HTTPS either.
+    (failing,) = stack.prometheus.wait_for(scaled(alert_rules()["TlsHandshakeFailing"]), 30, "TlsHandshakeFailing data")
+    assert failing["metric"]["job"] == "tls"
 
 
 def test_api_down_alert_when_the_api_stops(stack):

@@ -651,6 +651,13 @@ let
       pname = "mysqld_exporter";
       mainProgram = "mysqld_exporter";
     };
+    # pkgs/by-name/pr/prometheus-blackbox-exporter/package.nix: 0.28.0, mainProgram
+    # "blackbox_exporter".
+    prometheus-blackbox-exporter = pkg {
+      pname = "blackbox_exporter";
+      version = "0.28.0";
+      mainProgram = "blackbox_exporter";
+    };
     # pkgs/by-name/ce/certbot/package.nix (python3Packages.certbot 5.5.0, toPythonApplication):
     # mainProgram "certbot". pkgs/by-name/ca/cacert/package.nix: the bundle at
     # etc/ssl/certs/ca-bundle.crt.
