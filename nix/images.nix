@@ -96,7 +96,7 @@ let
   };
 
   # ---- proxy ------------------------------------------------------------------------------------
-  # /bin/nginx, /bin/wget and every nginx/*.conf as /etc/nginx/ (contract: configDir): nginx.conf,
+  # /bin/proxy-preflight, /bin/nginx, /bin/wget and every nginx/*.conf as /etc/nginx/ (contract: configDir): nginx.conf,
   # never edited, includes the others (upstream.conf, listen.conf, limits.conf, ...) from its own
   # directory, the same files the tests run with their own include files beside them. The
   # healthcheck client is busybox's wget applet, linked as /bin/wget only: busybox picks the
@@ -112,8 +112,16 @@ let
   };
   configDir = lib.removePrefix "/" contract.proxy.configDir;
 
+  # The entrypoint (contract: proxy.entrypoint) is src/bin/proxy-preflight.rs, which refuses an
+  # expired certificate (nginx never checks dates) and then execs nginx. Copied out of the
+  # user-api package, so that the image holds that one binary and not the API's.
+  proxyPreflight = runCommand "user-api-proxy-preflight" { } ''
+    install -Dm555 ${user-api}/bin/proxy-preflight "$out/bin/proxy-preflight"
+  '';
+
   proxyRoot = runCommand "user-api-proxy-root" { } ''
     mkdir -p "$out/bin" "$out/${configDir}"
+    ln -s ${proxyPreflight}/bin/proxy-preflight "$out/bin/proxy-preflight"
     ln -s ${nginx}/bin/nginx "$out/bin/nginx"
     ln -s ${busybox}/bin/busybox "$out/bin/wget"
     install -m 0444 -t "$out/${configDir}" ${
@@ -497,6 +505,7 @@ outputs
       config = proxyConfig;
       contents = proxyContents;
       files = [
+        "bin/proxy-preflight"
         "bin/nginx"
         "bin/wget"
         "etc/passwd"

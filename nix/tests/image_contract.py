@@ -33,7 +33,7 @@ import yaml
 # executables are derived from it; the proxy's nginx files from nginx.conf's includes).
 REQUIRED_FILES = {
     "api": ["bin/user-api"],
-    "proxy": ["bin/nginx", "bin/wget"],
+    "proxy": ["bin/proxy-preflight", "bin/nginx", "bin/wget"],
     "db": ["bin/db-entrypoint", "bin/healthcheck.sh", "bin/db-backup"],
     "prometheus": ["bin/prometheus", "bin/wget", "etc/prometheus/prometheus.yml"],
     "grafana": ["bin/grafana", "bin/wget", "share/grafana"],

@@ -6,7 +6,7 @@ import subprocess
 
 import requests
 
-from harness import compose
+from harness import compose, procs
 
 REPO = compose.REPO
 
@@ -80,6 +80,27 @@ def test_https_on_the_published_port_with_the_local_ca_as_the_readme_says(stack)
     assert "strict-transport-security" not in head.lower(), head
     key = stack.dir / "secrets" / "tls_key.pem"
     assert stat.S_IMODE(key.stat().st_mode) == 0o644, "nginx's uid 65534 reads it via the bind mount"
+
+
+def test_the_proxy_image_refuses_an_expired_certificate_with_one_line(stack, stack_images, tmp_path):
+    # nginx does not read dates: the image's entrypoint (proxy-preflight) does, then execs nginx.
+    for name in ("tls_cert.pem", "tls_key.pem"):
+        (tmp_path / name).unlink(missing_ok=True)
+    subprocess.run(
+        [procs.program("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-noenc", "-subj", "/CN=localhost", "-not_before", "20250101000000Z", "-not_after", "20250201000000Z",
+         "-keyout", tmp_path / "tls_key.pem", "-out", tmp_path / "tls_cert.pem"], check=True, capture_output=True)
+    for name in ("tls_cert.pem", "tls_key.pem"):
+        (tmp_path / name).chmod(0o644)
+    run = stack.docker_run(
+        "--read-only", "--cap-drop", "ALL", "--tmpfs", "/tmp:mode=1777",
+        "-v", f"{tmp_path / 'tls_cert.pem'}:/run/secrets/tls_cert:ro",
+        "-v", f"{tmp_path / 'tls_key.pem'}:/run/secrets/tls_key:ro",
+        stack_images["proxy"], check=False)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "proxy: /run/secrets/tls_cert: the certificate expired on 2025-02-01T00:00:00Z (clients refuse it); "
+        "nginx is not started"], run.stderr
 
 
 def test_the_rest_api_works_through_the_proxy(stack):

@@ -358,12 +358,20 @@ def api_image(c: dict, api_bin: Path) -> tuple[list[Layer], dict]:
     return [libs, users_layer()], _config(c, "user-api (stand-in)")
 
 
-def proxy_image(c: dict) -> tuple[list[Layer], dict]:
+def proxy_image(c: dict, preflight_bin: Path) -> tuple[list[Layer], dict]:
     root = _require("/usr/sbin/nginx", "nginx")
     _require("/bin/busybox", "busybox-static")
-    nginx_bin, conf_dir = c["entrypoint"][0], c["configDir"]
+    if not os.access(preflight_bin, os.X_OK):
+        raise FileNotFoundError(f"{preflight_bin} not found: run `cargo build --release` first")
+    preflight, nginx_bin, conf_dir = c["entrypoint"][0], c["entrypoint"][1], c["configDir"]
     wget = c["healthcheck"][1]
     libs = base_layer(root)
+    # Built here, against the host's glibc; the root's libraries of the same names (forky's,
+    # newer) run it.
+    libs.file(preflight, src=preflight_bin, mode=0o755)
+    for lib in shared_libraries(str(preflight_bin)):
+        if _in_root(lib) not in libs.entries:
+            libs.file(lib, src=resolve(root, lib), mode=0o755)
     libs.binary("/usr/sbin/nginx", nginx_bin)
     libs.binary("/bin/busybox", "/bin/busybox")
     custom = users_layer()
@@ -539,7 +547,7 @@ def build_stand_ins(api_bin: Path | None = None, workdir: Path | None = None,
     tags = {s: r for s, r in refs(tag).items() if s not in NO_STAND_IN}
     builders = {
         "api": lambda: api_image(c["api"], api_bin or default_api_bin()),
-        "proxy": lambda: proxy_image(c["proxy"]),
+        "proxy": lambda: proxy_image(c["proxy"], (api_bin or default_api_bin()).parent / "proxy-preflight"),
         "db": lambda: db_image(c["db"]),
         "prometheus": lambda: prometheus_image(c["prometheus"]),
         "nginx-exporter": lambda: nginx_exporter_image(c["nginx-exporter"]),

@@ -63,11 +63,13 @@ def _argv(directory: Path, *extra, wrapper=()):
     return [*wrapper, procs.program("nginx"), *extra, "-p", f"{directory}/", "-e", "stderr", "-c", str(directory / "nginx.conf")]
 
 
-def check(files=None) -> subprocess.CompletedProcess:
-    """``nginx -t`` of the shipped config with a loopback upstream."""
+def check(files=None, wrapper=()) -> subprocess.CompletedProcess:
+    """``nginx -t`` of the shipped config with a loopback upstream (``wrapper``: a command
+    prefix, e.g. the proxy image's preflight)."""
     directory = _instance_dir(f"127.0.0.1:{ports.free_port()}", files, ports.free_port(), ports.free_port(), True)
     try:
-        return subprocess.run(_argv(directory, "-t"), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        return subprocess.run(_argv(directory, "-t", wrapper=wrapper), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
