@@ -146,6 +146,80 @@ mod tests {
         );
     }
 
+    /// Valid from 2025-01-01T00:00:00Z (1735689600) to 2025-02-01T00:00:00Z (1738368000),
+    /// made with `openssl req -x509 -not_before 20250101000000Z -not_after 20250201000000Z`.
+    const JANUARY_2025: &str = "-----BEGIN CERTIFICATE-----
+MIIBfjCCASOgAwIBAgIUMaFAgRqTTIVgrDIuY0jzEziE5EswCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MB4XDTI1MDEwMTAwMDAwMFoXDTI1MDIwMTAw
+MDAwMFowFDESMBAGA1UEAwwJbG9jYWxob3N0MFkwEwYHKoZIzj0CAQYIKoZIzj0D
+AQcDQgAEnuO49BWGWQFxlKWhmF1g8jy7QiUwsjJ35NDhak/EM6/MEwgYfBohz88/
+J0/mY4OY9MEwA7JLMgtor7NUr68WFqNTMFEwHQYDVR0OBBYEFIwhPbrs+trNyuhL
+5jkavdqcV9jBMB8GA1UdIwQYMBaAFIwhPbrs+trNyuhL5jkavdqcV9jBMA8GA1Ud
+EwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSQAwRgIhANkGM/K8VbOOks+5ERS4ozYm
+Mz1YBeJ+NymgjCDZGvdkAiEA8ulgM4sln1sOrpwmm6LtVPgDK/vDFQpGUyr7V+j9
+XuU=
+-----END CERTIFICATE-----
+";
+
+    fn written(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("proxy-preflight-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn refuses_before_and_after_the_validity_and_only_then() {
+        // The server's certificate first; what follows (its chain) is not read.
+        let file = written("chain.pem", &format!("{JANUARY_2025}{JANUARY_2025}"));
+        let at = Duration::from_secs;
+        let before = refusal(&file, at(1_735_689_599)).unwrap();
+        assert!(before.ends_with("the certificate is not valid before 2025-01-01T00:00:00Z (check the clock, or the certificate)"), "{before}");
+        assert!(
+            before.starts_with(&format!("{}: ", file.display())),
+            "{before}"
+        );
+        assert_eq!(refusal(&file, at(1_735_689_600)), None);
+        assert_eq!(refusal(&file, at(1_738_368_000)), None);
+        let after = refusal(&file, at(1_738_368_001)).unwrap();
+        assert!(
+            after.ends_with("the certificate expired on 2025-02-01T00:00:00Z (clients refuse it)"),
+            "{after}"
+        );
+    }
+
+    #[test]
+    fn leaves_what_it_cannot_read_to_nginx() {
+        let at = Duration::from_secs(1_800_000_000);
+        assert_eq!(refusal(Path::new("/nonexistent/cert.pem"), at), None);
+        assert_eq!(
+            refusal(&written("junk.pem", "not a certificate\n"), at),
+            None
+        );
+        let cut = &JANUARY_2025[..JANUARY_2025.len() - 40];
+        assert_eq!(refusal(&written("cut.pem", cut), at), None);
+    }
+
+    #[test]
+    fn finds_the_certificates_of_the_tls_include_files_only() {
+        let dir = std::env::temp_dir().join(format!("proxy-preflight-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tls.conf"), "ssl_certificate /a.pem;\n").unwrap();
+        std::fs::write(dir.join("tls-extra.conf"), "ssl_certificate /b.pem;\n").unwrap();
+        std::fs::write(dir.join("limits.conf"), "ssl_certificate /not-tls.pem;\n").unwrap();
+        std::fs::write(
+            dir.join("tls.conf.orig"),
+            "ssl_certificate /not-conf.pem;\n",
+        )
+        .unwrap();
+        assert_eq!(
+            certificate_files(&dir),
+            [PathBuf::from("/b.pem"), PathBuf::from("/a.pem")]
+        );
+        assert!(certificate_files(Path::new("/nonexistent")).is_empty());
+    }
+
     #[test]
     fn the_config_directory_is_that_of_the_c_file() {
         let args: Vec<OsString> = ["-p", "/tmp/", "-c", "/x/y/nginx.conf"]

@@ -12,5 +12,6 @@ mod lifecycle;
 mod metrics;
 mod openapi;
 mod outages;
+mod preflight;
 mod proxy;
 mod resource;
