@@ -3,10 +3,11 @@
 import re
 import stat
 import subprocess
+import time
 
 import requests
 
-from harness import compose, procs
+from harness import compose, procs, testssl
 
 REPO = compose.REPO
 
@@ -80,6 +81,19 @@ def test_https_on_the_published_port_with_the_local_ca_as_the_readme_says(stack)
     assert "strict-transport-security" not in head.lower(), head
     key = stack.dir / "secrets" / "tls_key.pem"
     assert stat.S_IMODE(key.stat().st_mode) == 0o644, "nginx's uid 65534 reads it via the bind mount"
+
+
+def test_the_scanner_on_the_published_https_port_finds_nothing_of_medium_severity(stack, tmp_path, record):
+    # The same judgement as tests/tls, on what compose publishes: the proxy image, its
+    # entrypoint, the secrets as compose mounts them.
+    started = time.monotonic()
+    findings = testssl.scan(f"https://localhost:{stack.tls_port}/get_user?userid=1",
+                            stack.dir / "secrets" / "local-ca.pem", tmp_path)
+    assert not testssl.serious(findings), testssl.serious(findings)
+    offered = testssl.protocols(findings)
+    assert [p for p, says in offered.items() if says.startswith("offered")] == ["TLS1_2", "TLS1_3"], offered
+    record(f"testssl.sh on the published HTTPS port: {len(findings)} findings, none of medium "
+           f"severity or above but the local CA's; {time.monotonic() - started:.0f} s")
 
 
 def test_the_proxy_image_refuses_an_expired_certificate_with_one_line(stack, stack_images, tmp_path):

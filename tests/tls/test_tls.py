@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import procs, toolchain
+from harness import procs, testssl
 from harness.api import Api
 from harness.mariadb import MariaDB
 from harness.nginx import Nginx
@@ -225,28 +225,10 @@ def test_a_bad_certificate_or_key_stops_nginx_at_start_with_one_line(api, files,
 
 
 def test_the_scanner_finds_nothing_of_medium_severity_or_above(proxy, files, tmp_path):
-    report = tmp_path / "testssl.json"
-    # From the forky root, testssl.sh must run the root's own OpenSSL: PATH's first `openssl` is
-    # the harness's wrapper for the host, which cannot start from inside the root.
-    in_root = ["--openssl", "/usr/bin/openssl"] if toolchain.mode() == "forky" else []
-    run = subprocess.run(
-        [procs.program("testssl"), *in_root, "--quiet", "--warnings", "off", "--color", "0",
-         "--add-ca", files["local-ca"],
-         "--ip", "127.0.0.1", "--jsonfile", report, f"https://localhost:{proxy.tls_port}/get_user?userid=7"],
-        capture_output=True, text=True, timeout=600)
-    assert report.exists(), run.stdout[-3000:] + run.stderr[-2000:]
-    problems = [f for f in json.loads(report.read_text()) if f["id"] == "scanProblem"]
-    assert not problems, f"{problems}\n{run.stdout[-3000:]}"
-    findings = json.loads(report.read_text())
-    # The one finding about where the certificate comes from, not about the server: a local CA
-    # whose key is destroyed (nix/local-tls.sh) can publish no revocation list, and testssl.sh
-    # rates "Neither CRL nor OCSP URI provided" HIGH. Named, so that any other finding fails.
-    not_the_servers = {("cert_revocation", "Neither CRL nor OCSP URI provided")}
-    serious = [f for f in findings if f.get("severity") in ("MEDIUM", "HIGH", "CRITICAL")
-               and (f["id"], f["finding"]) not in not_the_servers]
-    assert not serious, json.dumps(serious, indent=1)
-    assert {(f["id"], f["finding"]) for f in findings} >= not_the_servers
-    offered = {f["id"]: f["finding"] for f in findings}
+    findings = testssl.scan(f"https://localhost:{proxy.tls_port}/get_user?userid=7", files["local-ca"], tmp_path)
+    assert not testssl.serious(findings), json.dumps(testssl.serious(findings), indent=1)
+    assert {(f["id"], f["finding"]) for f in findings} >= testssl.NOT_THE_SERVERS
+    offered = testssl.protocols(findings)
     for old in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
         assert offered[old].startswith("not offered"), (old, offered[old])
     assert offered["TLS1_2"].startswith("offered") and offered["TLS1_3"].startswith("offered")
