@@ -21,13 +21,38 @@ PROVIDED_BY = {
 }
 
 
+def harness_modules_cargo_runs() -> set[Path]:
+    """The harness modules `python3 -m harness` (what the Rust tests run) imports, transitively:
+    not the ones only the pytest suites use (testssl.py, compose.py, images.py)."""
+    harness = REPO / "tests" / "harness"
+    seen, pending = set(), [harness / "__main__.py"]
+    while pending:
+        path = pending.pop()
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        text = path.read_text()
+        for names in re.findall(r"^from (?:\.|harness) import ([\w, ]+)", text, re.M):
+            pending += [harness / f"{n.strip()}.py" for n in names.split(",")]
+        pending += [harness / f"{m}.py" for m in re.findall(r"^from (?:\.|harness\.)(\w+) import", text, re.M)]
+        # Imports inside functions (procs.program imports toolchain there).
+        pending += [harness / f"{m}.py" for m in re.findall(r"^\s+from \. import (\w+)", text, re.M)]
+    return seen
+
+
 def programs_the_tests_run() -> set[str]:
     found = set()
     for path in [*(REPO / "tests" / "api").glob("*.rs"), *(REPO / "src").rglob("*.rs")]:
         found |= set(re.findall(r'Command::new\("([\w.+-]+)"\)', path.read_text()))
-    for path in (REPO / "tests" / "harness").glob("*.py"):
+    for path in harness_modules_cargo_runs():
         found |= set(re.findall(r'procs\.program\("([\w.+-]+)"\)', path.read_text()))
     return found
+
+
+def test_the_harness_modules_cargo_runs_are_found():
+    names = {p.name for p in harness_modules_cargo_runs()}
+    assert {"__main__.py", "mariadb.py", "nginx.py", "procs.py", "ports.py", "toolchain.py"} <= names, names
+    assert "testssl.py" not in names and "compose.py" not in names, names
 
 
 def nix_list(text: str, attribute: str) -> set[str]:
