@@ -148,18 +148,7 @@ mod tests {
 
     /// Valid from 2025-01-01T00:00:00Z (1735689600) to 2025-02-01T00:00:00Z (1738368000),
     /// made with `openssl req -x509 -not_before 20250101000000Z -not_after 20250201000000Z`.
-    const JANUARY_2025: &str = "-----BEGIN CERTIFICATE-----
-MIIBfjCCASOgAwIBAgIUMaFAgRqTTIVgrDIuY0jzEziE5EswCgYIKoZIzj0EAwIw
-FDESMBAGA1UEAwwJbG9jYWxob3N0MB4XDTI1MDEwMTAwMDAwMFoXDTI1MDIwMTAw
-MDAwMFowFDESMBAGA1UEAwwJbG9jYWxob3N0MFkwEwYHKoZIzj0CAQYIKoZIzj0D
-AQcDQgAEnuO49BWGWQFxlKWhmF1g8jy7QiUwsjJ35NDhak/EM6/MEwgYfBohz88/
-J0/mY4OY9MEwA7JLMgtor7NUr68WFqNTMFEwHQYDVR0OBBYEFIwhPbrs+trNyuhL
-5jkavdqcV9jBMB8GA1UdIwQYMBaAFIwhPbrs+trNyuhL5jkavdqcV9jBMA8GA1Ud
-EwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSQAwRgIhANkGM/K8VbOOks+5ERS4ozYm
-Mz1YBeJ+NymgjCDZGvdkAiEA8ulgM4sln1sOrpwmm6LtVPgDK/vDFQpGUyr7V+j9
-XuU=
------END CERTIFICATE-----
-";
+    const JANUARY_2025: &str = include_str!("../../tests/api/fixtures/january-2025.pem");
 
     fn written(name: &str, text: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("proxy-preflight-{}", std::process::id()));

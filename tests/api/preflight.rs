@@ -8,18 +8,7 @@ use std::process::{Command, Output};
 const PREFLIGHT: &str = env!("CARGO_BIN_EXE_proxy-preflight");
 
 /// Valid from 2025-01-01T00:00:00Z to 2025-02-01T00:00:00Z: expired for good.
-const EXPIRED: &str = "-----BEGIN CERTIFICATE-----
-MIIBfjCCASOgAwIBAgIUMaFAgRqTTIVgrDIuY0jzEziE5EswCgYIKoZIzj0EAwIw
-FDESMBAGA1UEAwwJbG9jYWxob3N0MB4XDTI1MDEwMTAwMDAwMFoXDTI1MDIwMTAw
-MDAwMFowFDESMBAGA1UEAwwJbG9jYWxob3N0MFkwEwYHKoZIzj0CAQYIKoZIzj0D
-AQcDQgAEnuO49BWGWQFxlKWhmF1g8jy7QiUwsjJ35NDhak/EM6/MEwgYfBohz88/
-J0/mY4OY9MEwA7JLMgtor7NUr68WFqNTMFEwHQYDVR0OBBYEFIwhPbrs+trNyuhL
-5jkavdqcV9jBMB8GA1UdIwQYMBaAFIwhPbrs+trNyuhL5jkavdqcV9jBMA8GA1Ud
-EwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSQAwRgIhANkGM/K8VbOOks+5ERS4ozYm
-Mz1YBeJ+NymgjCDZGvdkAiEA8ulgM4sln1sOrpwmm6LtVPgDK/vDFQpGUyr7V+j9
-XuU=
------END CERTIFICATE-----
-";
+const EXPIRED: &str = include_str!("fixtures/january-2025.pem");
 
 /// A config directory whose tls.conf names `certificate` (written there when given).
 fn config_dir(name: &str, certificate: Option<&str>) -> PathBuf {
