@@ -148,7 +148,7 @@ mod tests {
 
     /// Valid from 2025-01-01T00:00:00Z (1735689600) to 2025-02-01T00:00:00Z (1738368000),
     /// made with `openssl req -x509 -not_before 20250101000000Z -not_after 20250201000000Z`.
-    const JANUARY_2025: &str = include_str!("../../tests/api/fixtures/january-2025.pem");
+    const JANUARY_2025: &str = include_str!("../../tests/api/fixtures/january-2025.crt");
 
     fn written(name: &str, text: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("proxy-preflight-{}", std::process::id()));

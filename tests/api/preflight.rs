@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 const PREFLIGHT: &str = env!("CARGO_BIN_EXE_proxy-preflight");
 
 /// Valid from 2025-01-01T00:00:00Z to 2025-02-01T00:00:00Z: expired for good.
-const EXPIRED: &str = include_str!("fixtures/january-2025.pem");
+const EXPIRED: &str = include_str!("fixtures/january-2025.crt");
 
 /// A config directory whose tls.conf names `certificate` (written there when given).
 fn config_dir(name: &str, certificate: Option<&str>) -> PathBuf {
