@@ -175,9 +175,12 @@ class Layer:
         """An executable of the layer's root (links resolved) at ``dest`` (default: its path
         there), with every shared library it loads and the dynamic loader, at their paths."""
         self.file(dest or src, src=resolve(self.root, src), mode=0o755)
-        for lib in shared_libraries(src, self.root):
-            p = _in_root(lib)
-            if p not in self.entries:
+        self.libraries(shared_libraries(src, self.root))
+
+    def libraries(self, paths: list[str]):
+        """Shared libraries (as ``ldd`` lists them) from the layer's root, each once."""
+        for lib in paths:
+            if _in_root(lib) not in self.entries:
                 self.file(lib, src=resolve(self.root, lib), mode=0o755)
 
     def tree(self, src: str, dest: str | None = None):
@@ -369,9 +372,7 @@ def proxy_image(c: dict, preflight_bin: Path) -> tuple[list[Layer], dict]:
     # Built here, against the host's glibc; the root's libraries of the same names (forky's,
     # newer) run it.
     libs.file(preflight, src=preflight_bin, mode=0o755)
-    for lib in shared_libraries(str(preflight_bin)):
-        if _in_root(lib) not in libs.entries:
-            libs.file(lib, src=resolve(root, lib), mode=0o755)
+    libs.libraries(shared_libraries(str(preflight_bin)))
     libs.binary("/usr/sbin/nginx", nginx_bin)
     libs.binary("/bin/busybox", "/bin/busybox")
     custom = users_layer()
@@ -485,9 +486,7 @@ def acme_image(c: dict) -> tuple[list[Layer], dict]:
     for tree in (f"/usr/lib/{python}", "/usr/lib/python3/dist-packages"):
         libs.tree(tree)
         for so in sorted(resolve(root, tree).rglob("*.so*")):
-            for lib in shared_libraries("/" + str(so.relative_to(root)), root):
-                if _in_root(lib) not in libs.entries:
-                    libs.file(lib, src=resolve(root, lib), mode=0o755)
+            libs.libraries(shared_libraries("/" + str(so.relative_to(root)), root))
     # OpenSSL's providers (cryptography loads the legacy one and warns without it).
     for modules in root.glob("usr/lib/*-linux-gnu/ossl-modules"):
         libs.tree("/" + str(modules.relative_to(root)))
