@@ -13,14 +13,18 @@
 #      a 'healthcheck' login with a random password (USAGE only, local hosts only) is written to
 #      /var/lib/mysql/.my-healthcheck.cnf (0600) for healthcheck.sh, as the official image does;
 #   4. the managed accounts (below) are created;
-#   5. the temporary server is stopped and the real server is exec'ed with networking.
+#   5. the temporary server is stopped and the real server is exec'ed with networking and the
+#      binary log (below).
 # Later starts: exec the real server directly. Passwords are read only on the first start, with
 # one exception: the managed accounts.
 #
 # Managed accounts, each only when its password file is set:
 #   backup    BACKUP_USER (default backup), BACKUP_PASSWORD_FILE: SELECT, SHOW VIEW, TRIGGER and
-#             EVENT on MYSQL_DATABASE only: what `mariadb-dump --single-transaction
-#             --no-tablespaces` needs, nothing that writes (db/backup.sh, db/BACKUP.md).
+#             EVENT on MYSQL_DATABASE: what `mariadb-dump --single-transaction
+#             --no-tablespaces` needs; REPLICATION SLAVE and BINLOG MONITOR on *.*: what the
+#             binlog archiver's `mariadb-binlog --read-from-remote-server` and `SHOW BINARY
+#             LOGS` need (it reads every change the server logs); nothing that writes
+#             (db/backup.sh, db/BACKUP.md).
 #   exporter  EXPORTER_USER (default exporter), EXPORTER_PASSWORD_FILE: PROCESS, REPLICATION
 #             CLIENT and SLAVE MONITOR on *.*, at most 3 connections: what mysqld_exporter's
 #             default collectors read (status, variables, InnoDB, replica state), no table data
@@ -33,6 +37,13 @@
 # few seconds once, and every other start execs the server directly. A failure there (e.g. a
 # root password file that no longer matches) is logged and the server starts anyway: backups or
 # scrapes then fail with "Access denied", the API is not held hostage.
+#
+# Binary log (the point-in-time archive, db/BACKUP.md): ROW format, fsync'ed at every commit
+# (sync_binlog=1, with InnoDB's default innodb_flush_log_at_trx_commit=1), files of 64 MiB kept
+# BINLOG_EXPIRE_DAYS (7) days on the volume. The files are named after the volume's timeline,
+# `binlog-<UTC date>-<random>` (in /var/lib/mysql/.db-binlog-name, made at the first start): a
+# new volume, or one a point-in-time recovery wrote (`--new-timeline`), never reuses the names of
+# the archive's files from another history. `--skip-log-bin` as an argument turns it off.
 #
 # Crash safety: a marker file (.db-entrypoint-init-in-progress) is written before anything else
 # and removed as the very last step of the first start. If the container dies half-way, the next
@@ -53,6 +64,12 @@
 # Plain MYSQL_ROOT_PASSWORD / MYSQL_PASSWORD values are refused: they would show in
 # `docker inspect` and in /proc/*/environ. Use the *_FILE variables with compose/docker secrets.
 #
+# Maintenance modes, for `db-backup recover` (a one-off container on the data volume, the db
+# service stopped):
+#   --maintenance     initialise the volume if it is empty, update the managed accounts, then run
+#                     the server on the unix socket only, without the binary log;
+#   --new-timeline    start a new binary-log timeline: a new name in .db-binlog-name, the old
+#                     timeline's files deleted from the volume; prints the new name.
 # Arguments: extra options for mariadbd (appended last, so they override the defaults below).
 # A first argument of `mariadbd`/`mysqld` is dropped (the official images' CMD); any other first
 # argument that is not an option is exec'ed as a command (debugging: `... db-entrypoint bash`).
@@ -69,15 +86,20 @@ HEALTH_CNF=$DATADIR/.my-healthcheck.cnf
 # The managed accounts; bump a version when that account's grants change: every data volume
 # gets them at its next start.
 ACCOUNT_KINDS=(backup exporter)
-declare -A ACCOUNT_GRANTS_VERSION=([backup]=1 [exporter]=1)
+declare -A ACCOUNT_GRANTS_VERSION=([backup]=2 [exporter]=1)
+BINLOG_NAME_FILE=$DATADIR/.db-binlog-name
+BINLOG_EXPIRE_DAYS=${BINLOG_EXPIRE_DAYS:-7}
 
 log() { printf '%s [db-entrypoint] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # ---- arguments --------------------------------------------------------------------------------
+MODE=serve
 if [[ $# -gt 0 ]]; then
   case "$1" in
     mariadbd|mysqld|*/mariadbd|*/mysqld) shift ;;
+    --maintenance) MODE="maintenance"; shift ;;
+    --new-timeline) MODE="new-timeline"; shift ;;
     -*) ;;
     *) exec "$@" ;;
   esac
@@ -211,7 +233,8 @@ account_sql() {
       printf '%s\n' \
         "CREATE USER IF NOT EXISTS $user IDENTIFIED BY $pw;" \
         "ALTER USER $user IDENTIFIED BY $pw;" \
-        "GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON $(sql_ident "$grant_db").* TO $user;"
+        "GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON $(sql_ident "$grant_db").* TO $user;" \
+        "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO $user;"
       ;;
     exporter)
       printf '%s\n' \
@@ -232,7 +255,7 @@ write_account_mark() { # KIND FINGERPRINT
 
 account_summary() { # KIND
   case "$1" in
-    backup) printf "SELECT, SHOW VIEW, TRIGGER, EVENT on '%s'" "$ACC_DB" ;;
+    backup) printf "SELECT, SHOW VIEW, TRIGGER, EVENT on '%s'; REPLICATION SLAVE, BINLOG MONITOR" "$ACC_DB" ;;
     exporter) printf 'PROCESS, REPLICATION CLIENT, SLAVE MONITOR, 3 connections' ;;
   esac
 }
@@ -301,8 +324,40 @@ ensure_accounts() {
   stop_temp_server
 }
 
+# ---- binary log -------------------------------------------------------------------------------------
+[[ "$BINLOG_EXPIRE_DAYS" =~ ^[1-9][0-9]*$ ]] || die "BINLOG_EXPIRE_DAYS=$BINLOG_EXPIRE_DAYS: a whole number of days, at least 1"
+
+# new_binlog_name: a timeline name of its own for this volume, in .db-binlog-name.
+new_binlog_name() {
+  local name
+  name="binlog-$(date -u +%Y%m%d)-$(od -An -tx1 -N3 /dev/urandom | tr -d ' \n')"
+  (umask 077; printf '%s\n' "$name" >"$BINLOG_NAME_FILE.tmp" && mv -f "$BINLOG_NAME_FILE.tmp" "$BINLOG_NAME_FILE")
+  printf '%s' "$name"
+}
+
+binlog_name() {
+  local name=""
+  [[ ! -r "$BINLOG_NAME_FILE" ]] || name="$(<"$BINLOG_NAME_FILE")"
+  if [[ -z "$name" ]]; then
+    name="$(new_binlog_name)"
+    log "binary log: this volume's timeline is $name"
+  fi
+  [[ "$name" =~ ^binlog-[0-9a-z-]+$ ]] || die "$BINLOG_NAME_FILE holds '$name', not a timeline name (binlog-...): delete the file to start a new timeline"
+  printf '%s' "$name"
+}
+
 # ---- data directory state -------------------------------------------------------------------------
 [[ -d "$DATADIR" && -w "$DATADIR" ]] || die "$DATADIR is missing or not writable by uid $(id -u) (the volume must be owned by 999:999; a fresh named volume inherits that from the image)"
+
+if [[ "$MODE" == new-timeline ]]; then
+  [[ -d "$DATADIR/mysql" ]] || die "$DATADIR holds no initialised database: nothing to start a timeline for"
+  old="$(binlog_name)"
+  new="$(new_binlog_name)"
+  rm -f -- "$DATADIR/$old".[0-9]* "$DATADIR/$old.index"
+  log "binary log: new timeline $new (the files of $old are deleted from the volume; the archive keeps its copies)"
+  printf '%s\n' "$new"
+  exit 0
+fi
 rm -f "$SOCKET" "$SOCKET.lock" "$RUNDIR/mariadbd.pid"
 
 needs_init=0
@@ -441,4 +496,11 @@ else
   ensure_accounts
 fi
 
-exec "${MARIADBD[@]}" "$@"
+if [[ "$MODE" == maintenance ]]; then
+  log "maintenance: the server on $SOCKET only, no network, no binary log"
+  exec "${MARIADBD[@]}" --skip-networking --skip-log-bin "$@"
+fi
+name="$(binlog_name)"
+exec "${MARIADBD[@]}" --server-id=1 --log-bin="$DATADIR/$name" --log-bin-index="$DATADIR/$name.index" \
+  --binlog-format=ROW --sync-binlog=1 --max-binlog-size=64M \
+  --binlog-expire-logs-seconds=$((BINLOG_EXPIRE_DAYS * 86400)) "$@"

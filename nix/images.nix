@@ -526,6 +526,8 @@ outputs
         "bin/mariadbd"
         "bin/mariadb"
         "bin/mariadb-admin"
+        "bin/mariadb-dump"
+        "bin/mariadb-binlog"
         "bin/mariadb-install-db"
         "etc/passwd"
         "etc/group"

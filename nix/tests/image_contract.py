@@ -34,7 +34,8 @@ import yaml
 REQUIRED_FILES = {
     "api": ["bin/user-api"],
     "proxy": ["bin/proxy-preflight", "bin/nginx", "bin/wget"],
-    "db": ["bin/db-entrypoint", "bin/healthcheck.sh", "bin/db-backup"],
+    "db": ["bin/db-entrypoint", "bin/healthcheck.sh", "bin/db-backup", "bin/mariadb-dump",
+           "bin/mariadb-binlog"],
     "prometheus": ["bin/prometheus", "bin/wget", "etc/prometheus/prometheus.yml"],
     "grafana": ["bin/grafana", "bin/wget", "share/grafana"],
     "nginx-exporter": ["bin/nginx-prometheus-exporter", "bin/wget"],

@@ -57,9 +57,10 @@ HEALTHCHECK_TIMINGS = {"Interval": 10 * _S, "Timeout": 5 * _S, "StartPeriod": 30
 # Tools the db entrypoint, healthcheck.sh, backup.sh and mariadb-install-db call.
 DB_TOOLS = (
     "cat chmod cp date dirname basename env head id ln ls mkdir mv od readlink rm sleep "
-    "stat sync timeout touch tr uname sed grep mawk gzip sha256sum tail mktemp"
+    "stat sync timeout touch tr uname sed grep mawk gzip sha256sum tail mktemp df"
 ).split()
-DB_CLIENTS = ("mariadb", "mariadb-admin", "mariadb-dump", "my_print_defaults", "resolveip")
+DB_CLIENTS = ("mariadb", "mariadb-admin", "mariadb-dump", "mariadb-binlog", "my_print_defaults",
+              "resolveip")
 
 # Services of nix/contract.json this machine cannot build a stand-in of.
 NO_STAND_IN = ("grafana",)
