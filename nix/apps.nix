@@ -1,8 +1,8 @@
 # `nix run .#load`, `nix run .#up` and `nix run .#deploy` (nix/deploy.sh: a rolling deploy of the
 # api, one replica at a time). load and up use the container engine already on the machine
 # (docker, or podman where that is what exists; CONTAINER_ENGINE=... picks one explicitly).
-# Both take `--monitoring`: also the five images of the compose profile `monitoring`
-# (Prometheus, Grafana, the nginx, mysqld and blackbox exporters), and for `up` the profile
+# Both take `--monitoring`: also the images of the compose profile `monitoring`
+# (Prometheus, Grafana, the nginx, mysqld, blackbox and backup exporters), and for `up` the profile
 # itself.
 {
   lib,
@@ -39,6 +39,7 @@ let
     images.nginx-exporter-image
     images.mysqld-exporter-image
     images.blackbox-exporter-image
+    images.backup-exporter-image
   ];
 
   # Sourced by both scripts: sets $monitoring (0/1) from the arguments; refuses others.

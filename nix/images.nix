@@ -1,8 +1,8 @@
 # The OCI images, as dockerTools.streamLayeredImage scripts: building one gives a small script
 # that writes an uncompressed image tarball to stdout (`nix build .#api-image && ./result |
 # docker load`, or podman load). Nothing big lands in the Nix store. api, proxy and db are the
-# stack; prometheus, grafana and the nginx, mysqld and blackbox exporters the compose profile
-# `monitoring` (monitoring/README.md); acme the ACME client of docker-compose.acme.yml.
+# stack; prometheus, grafana and the nginx, mysqld, blackbox and backup exporters the compose
+# profile `monitoring` (monitoring/README.md); acme the ACME client of docker-compose.acme.yml.
 {
   lib,
   dockerTools,
@@ -25,6 +25,7 @@
   prometheus-nginx-exporter,
   prometheus-mysqld-exporter,
   prometheus-blackbox-exporter,
+  prometheus-node-exporter,
   certbot,
   user-api,
   contract,
@@ -469,6 +470,16 @@ let
         "${blackboxConfigDir}/blackbox.yml"
       ];
 
+  # The backups' own metrics: db/backup.sh writes them as text files into /backups/metrics
+  # (the last backup, the archive's lag, the free space), node_exporter's textfile collector,
+  # alone, serves them.
+  backupExporterImage =
+    monitoringImage "backup-exporter"
+      (monitoringRoot "backup-exporter" {
+        node_exporter = lib.getExe prometheus-node-exporter;
+      } "")
+      [ "bin/node_exporter" ];
+
   # Every image by its flake output name: packages.<name> and checks.<name> (nix/default.nix,
   # nix/checks.nix).
   outputs = {
@@ -478,6 +489,7 @@ let
     nginx-exporter-image = nginxExporterImage.image;
     mysqld-exporter-image = mysqldExporterImage.image;
     blackbox-exporter-image = blackboxExporterImage.image;
+    backup-exporter-image = backupExporterImage.image;
   };
 in
 outputs
@@ -538,6 +550,7 @@ outputs
     nginx-exporter = nginxExporterImage.manifest;
     mysqld-exporter = mysqldExporterImage.manifest;
     blackbox-exporter = blackboxExporterImage.manifest;
+    backup-exporter = backupExporterImage.manifest;
     acme = {
       ref = "${acmeContract.image}:${acmeContract.tag}";
       config = acmeConfig;

@@ -41,6 +41,7 @@ REQUIRED_FILES = {
     "nginx-exporter": ["bin/nginx-prometheus-exporter", "bin/wget"],
     "mysqld-exporter": ["bin/mysqld-exporter-entrypoint", "bin/mysqld_exporter", "bin/sh", "bin/wget"],
     "blackbox-exporter": ["bin/blackbox_exporter", "bin/wget", "etc/blackbox_exporter/blackbox.yml"],
+    "backup-exporter": ["bin/node_exporter", "bin/wget"],
     "acme": ["bin/acme", "bin/certbot", "bin/sh", "etc/ssl/certs/ca-certificates.crt"],
 }
 
@@ -200,8 +201,9 @@ def check_compose(report, compose, manifest):
         ref = default_of(spec.get("image", ""))
         report.check(ref == image["ref"], f"compose {service}: image defaults to {ref!r}, the flake builds {image['ref']!r}")
         if "user" in spec:
+            # with its variables unset (BACKUP_UID for the backup exporter): the image's user
             report.check(
-                str(spec["user"]) == config.get("User"),
+                default_of(spec["user"]) == config.get("User"),
                 f"compose {service}: user {spec['user']!r} != image User {config.get('User')!r}",
             )
         if "entrypoint" in spec:

@@ -32,7 +32,9 @@ import yaml
 import e2e_support as e2e
 from harness import compose
 
-MONITORING = ("prometheus", "nginx-exporter", "mysqld-exporter", "blackbox-exporter")
+MONITORING = ("prometheus", "nginx-exporter", "mysqld-exporter", "blackbox-exporter", "backup-exporter")
+# The backup exporter reads ./backups, so it runs as the uid that owns it (BACKUP_UID, 999).
+USER = {"backup-exporter": "999:999"}
 EXPORTER_GRANTS = {"PROCESS", "SLAVE MONITOR"}
 # (MariaDB >= 10.5 shows REPLICATION CLIENT as its new name, BINLOG MONITOR)
 EXPORTER_REPLICATION_GRANT = {"REPLICATION CLIENT", "BINLOG MONITOR"}
@@ -101,7 +103,8 @@ def test_the_profile_is_hardened_and_publishes_nothing(mon):
     for service in MONITORING:
         info = mon.inspect(service)
         host = info["HostConfig"]
-        assert info["Config"]["User"] == "65534:65534", f"{service}: user {info['Config']['User']}"
+        assert info["Config"]["User"] == USER.get(service, "65534:65534"), \
+            f"{service}: user {info['Config']['User']}"
         assert host["ReadonlyRootfs"] is True, f"{service}: root filesystem not read-only"
         assert host["CapDrop"] == ["ALL"] and not host["CapAdd"], f"{service}: {host['CapAdd']}"
         assert host["Memory"] > 0 and host["MemorySwap"] == host["Memory"], service
@@ -140,6 +143,12 @@ def test_prometheus_sees_every_target_up(mon, record):
         capture_output=True, text=True, check=True).stdout.strip().removeprefix("notAfter=")
     expected = calendar.timegm(time.strptime(not_after, "%b %d %H:%M:%S %Y GMT"))
     assert scalar(mon, 'probe_ssl_earliest_cert_expiry{job="tls"}') == expected
+    # The backups' metrics, once a backup wrote them (test_60 and test_65 take some).
+    backup_metrics = mon.dir / "backups" / "metrics" / "backup.prom"
+    if backup_metrics.exists():
+        written = float(re.search(r"^db_backup_last_success_timestamp_seconds (\d+)$",
+                                  backup_metrics.read_text(), re.M).group(1))
+        assert scalar(mon, 'db_backup_last_success_timestamp_seconds{job="backups"}') == written
     record(f"monitoring: every target up {time.monotonic() - t0:.1f} s after the profile: "
            + ", ".join(f"{job} ({ts[0]['scrapeUrl']})" for job, ts in sorted(jobs.items())))
 

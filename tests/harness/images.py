@@ -5,9 +5,10 @@ run (CI), :func:`build_stand_ins` builds **stand-ins** from this machine's own f
 binary ``target/release/user-api`` with the host's libraries, and from the servers' root
 (:mod:`harness.toolchain`: production's versions in the Debian forky root, or the host's own with
 ``USER_API_TOOLCHAIN=path``) nginx, busybox-static and MariaDB, and for the compose profile
-``monitoring`` prometheus, prometheus-nginx-exporter, prometheus-mysqld-exporter and
-prometheus-blackbox-exporter, and certbot for docker-compose.acme.yml's acme image. Grafana has no stand-in: it is packaged neither for Debian nor on
-PyPI, so the e2e starts the profile without it (:data:`NO_STAND_IN`). They keep
+``monitoring`` prometheus, prometheus-nginx-exporter, prometheus-mysqld-exporter,
+prometheus-blackbox-exporter and prometheus-node-exporter, and certbot for
+docker-compose.acme.yml's acme image. Grafana has no stand-in: it is packaged neither for Debian
+nor on PyPI, so the e2e starts the profile without it (:data:`NO_STAND_IN`). They keep
 the runtime contract of their Nix twins, read from ``nix/contract.json`` (the one statement of
 it): user, entrypoint, cmd, exposed ports, env, stop signal, healthcheck, the nginx config
 directory and the db's data directory.
@@ -530,6 +531,11 @@ def blackbox_exporter_image(c: dict) -> tuple[list[Layer], dict]:
     return [libs, custom], _monitoring_config(c, "user-api-blackbox-exporter (stand-in)")
 
 
+def backup_exporter_image(c: dict) -> tuple[list[Layer], dict]:
+    libs, custom = _monitoring_layers(c, "/usr/bin/prometheus-node-exporter", c["entrypoint"][0])
+    return [libs, custom], _monitoring_config(c, "user-api-backup-exporter (stand-in)")
+
+
 def default_api_bin() -> Path:
     if os.environ.get("E2E_API_BIN"):
         return Path(os.environ["E2E_API_BIN"])
@@ -553,6 +559,7 @@ def build_stand_ins(api_bin: Path | None = None, workdir: Path | None = None,
         "nginx-exporter": lambda: nginx_exporter_image(c["nginx-exporter"]),
         "mysqld-exporter": lambda: mysqld_exporter_image(c["mysqld-exporter"]),
         "blackbox-exporter": lambda: blackbox_exporter_image(c["blackbox-exporter"]),
+        "backup-exporter": lambda: backup_exporter_image(c["backup-exporter"]),
         "acme": lambda: acme_image(c["acme"]),
     }
     assert set(builders) == set(tags), f"stand-in builders {sorted(builders)} != {sorted(tags)}"

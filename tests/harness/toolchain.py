@@ -53,6 +53,7 @@ PACKAGES = (
     "certbot",                     # 5.5: the acme image's client (nixpkgs' certbot: 5.5.0)
     "pebble",                      # 2.10: Let's Encrypt's ACME test server (tests/tls)
     "prometheus-blackbox-exporter",  # 0.28: certificate expiry (monitoring profile)
+    "prometheus-node-exporter",    # the backups' metrics (textfile collector; monitoring profile)
 )
 
 # Run in the root once its packages are in: what a machine with these packages has and mmdebstrap
@@ -68,6 +69,7 @@ PROGRAMS = {
     "mariadb": "/usr/bin/mariadb",
     "mariadb-admin": "/usr/bin/mariadb-admin",
     "mariadb-dump": "/usr/bin/mariadb-dump",
+    "mariadb-binlog": "/usr/bin/mariadb-binlog",
     "prometheus": "/usr/bin/prometheus",
     "promtool": "/usr/bin/promtool",
     "prometheus-nginx-exporter": "/usr/bin/prometheus-nginx-exporter",
@@ -80,6 +82,7 @@ PROGRAMS = {
     "certbot": "/usr/bin/certbot",
     "pebble": "/usr/bin/pebble",
     "prometheus-blackbox-exporter": "/usr/bin/prometheus-blackbox-exporter",
+    "prometheus-node-exporter": "/usr/bin/prometheus-node-exporter",
 }
 
 # The root's own system; every other top-level directory of the host is bound over it.

@@ -1,8 +1,9 @@
 """Helpers of tests/monitoring (a module of its own name: several suites
 have a conftest.py, and one pytest run collects them all). A real monitoring stack of local processes on free loopback ports: MariaDB,
 the release user-api, nginx with the shipped config (and its TLS listener), the
-nginx, mysqld and blackbox exporters and Prometheus (all from Debian), scraping each other with the
-repository's monitoring/prometheus.yml (targets and intervals rewritten).
+nginx, mysqld and blackbox exporters, node_exporter serving the metrics db/backup.sh writes, and
+Prometheus (all from Debian), scraping each other with the repository's monitoring/prometheus.yml
+(targets and intervals rewritten).
 """
 
 import json
@@ -36,6 +37,14 @@ PRODUCTION_SCRAPE_SECONDS = 15
 # (see monitoring/README.md): nothing that reads the application's rows.
 EXPORTER_USER = "exporter"
 EXPORTER_GRANTS = "PROCESS, REPLICATION CLIENT, SLAVE MONITOR"
+# The backup account's, as db/entrypoint.sh grants them (the archiver reads the binary log).
+BACKUP_USER = "backup"
+BACKUP_GRANTS = ("SELECT, SHOW VIEW, TRIGGER, EVENT ON app.*", "REPLICATION SLAVE, BINLOG MONITOR ON *.*")
+# The binary log as db/entrypoint.sh writes it.
+BINLOG_ARGS = ("--log-bin=binlog-monitoring", "--server-id=1", "--binlog-format=ROW", "--sync-binlog=1")
+# db/backup.sh's size of the backups' filesystem here (a tmpfs, when root may mount one): small
+# enough for a test to fill it.
+BACKUPS_TMPFS = "8m"
 
 
 def program(name: str) -> str:
@@ -196,6 +205,54 @@ def certificate(directory: Path, days: int) -> tuple[Path, Path]:
     return cert, key
 
 
+def backup_exporter(metrics_dir: Path) -> Exporter:
+    """node_exporter as the image runs it (nix/contract.json's entrypoint), on ``metrics_dir``."""
+    port = free_port()
+    contract = json.loads((procs.REPO / "nix" / "contract.json").read_text())["backup-exporter"]
+    flags = [f"--collector.textfile.directory={metrics_dir}" if f.startswith("--collector.textfile.directory=")
+             else f for f in contract["entrypoint"][1:]]
+    return Exporter(
+        "backup-exporter",
+        [program("prometheus-node-exporter"), *flags, f"--web.listen-address=127.0.0.1:{port}"],
+        port,
+    )
+
+
+class BackupScript:
+    """db/backup.sh itself, run here against the stack's MariaDB into ``backups``: the server
+    programs it calls by name are the harness's (production's versions)."""
+
+    def __init__(self, db: MariaDB, password: str, backups: Path):
+        self.dir = Path(tempfile.mkdtemp(prefix="user-api-db-backup-"))
+        (self.dir / "bin").mkdir()
+        for name in ("mariadb", "mariadb-dump", "mariadb-binlog"):
+            (self.dir / "bin" / name).symlink_to(program(name))
+        secret = self.dir / "backup_password"
+        secret.write_text(password)
+        self.backups = backups
+        self.env = {
+            **os.environ,
+            "PATH": f"{self.dir / 'bin'}:{os.environ['PATH']}",
+            "TMPDIR": str(self.dir),
+            "DB_HOST": "127.0.0.1",
+            "DB_PORT": str(db.port),
+            "DB_NAME": "app",
+            "BACKUP_USER": BACKUP_USER,
+            "BACKUP_PASSWORD_FILE": str(secret),
+            "BACKUP_DIR": str(backups),
+        }
+
+    def run(self, *args, env=None) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", procs.REPO / "db" / "backup.sh", *args], env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=120)
+
+    def spawn(self, *args, log: Path) -> subprocess.Popen:
+        return procs.spawn(["bash", str(procs.REPO / "db" / "backup.sh"), *args], log, env=self.env)
+
+    def close(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def mysqld_exporter(db: MariaDB, password: str) -> Exporter:
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix="user-api-mysqld-exporter-cnf-"))
@@ -233,9 +290,26 @@ class Stack:
             raise
 
     def _start(self):
-        self.db = MariaDB.start()
+        self.db = MariaDB.start(extra_args=BINLOG_ARGS)
         self.closers.append(self.db.close)
         self.database_url = self.db.create_database("app")
+        self.backup_password = "bk-" + os.urandom(8).hex()
+        self.db.sql(f"CREATE USER '{BACKUP_USER}'@'%' IDENTIFIED BY '{self.backup_password}'")
+        for grant in BACKUP_GRANTS:
+            self.db.sql(f"GRANT {grant} TO '{BACKUP_USER}'@'%'")
+        # ./backups: a small tmpfs where root may mount one, so that a test can fill it
+        self.backups = Path(tempfile.mkdtemp(prefix="user-api-backups-"))
+        self.closers.append(lambda: shutil.rmtree(self.backups, ignore_errors=True))
+        self.backups_is_tmpfs = procs.running_as_root()
+        if self.backups_is_tmpfs:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={BACKUPS_TMPFS},mode=0700", "tmpfs",
+                            self.backups], check=True)
+            self.closers.append(lambda: subprocess.run(["umount", "-l", self.backups], check=False))
+        (self.backups / "metrics").mkdir(mode=0o700)
+        self.backup_script = BackupScript(self.db, self.backup_password, self.backups)
+        self.closers.append(self.backup_script.close)
+        self.backup_exporter = backup_exporter(self.backups / "metrics")
+        self.closers.append(self.backup_exporter.close)
         self.exporter_password = "exp-" + os.urandom(8).hex()
         self.db.sql(
             f"CREATE USER '{EXPORTER_USER}'@'%' IDENTIFIED BY '{self.exporter_password}' "
@@ -281,6 +355,7 @@ class Stack:
                 "nginx": f"127.0.0.1:{self.nginx_exporter.port}",
                 "mysql": f"127.0.0.1:{self.mysqld_exporter.port}",
                 "tls": f"127.0.0.1:{self.nginx.tls_port}",
+                "backups": f"127.0.0.1:{self.backup_exporter.port}",
             },
             probers={"tls": f"127.0.0.1:{self.blackbox_exporter.port}"},
         )
@@ -293,6 +368,7 @@ class Stack:
             ("nginx exporter", self.nginx_exporter.log()),
             ("mysqld exporter", self.mysqld_exporter.log()),
             ("blackbox exporter", self.blackbox_exporter.log()),
+            ("backup exporter", self.backup_exporter.log()),
         ]
         return "\n".join(f"---- {name}\n{text[-3000:]}" for name, text in parts)
 

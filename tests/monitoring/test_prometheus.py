@@ -7,8 +7,8 @@ through Prometheus' HTTP API.
 The tests of this module run in file order on one stack: healthy first (the
 alerts must stay quiet), then each alert's condition is provoked for real
 (a certificate close to its end, a table lock, MariaDB stopped, nginx
-stopped, the API stopped) and its
-expression must return data.
+stopped, the API stopped, an old backup, the binlog archive on a full disk)
+and its expression must return data.
 """
 
 import json
@@ -95,9 +95,9 @@ class Traffic:
 
 def test_every_target_is_up(stack):
     up = stack.prometheus.wait_for(
-        "up", 30, "every target scraped", condition=lambda r: len(r) == 5 and all(x["value"][1] == "1" for x in r)
+        "up", 30, "every target scraped", condition=lambda r: len(r) == 6 and all(x["value"][1] == "1" for x in r)
     )
-    assert {r["metric"]["job"] for r in up} == {"api", "nginx", "mysql", "tls", "prometheus"}
+    assert {r["metric"]["job"] for r in up} == {"api", "nginx", "mysql", "tls", "backups", "prometheus"}
     # The exporters reach what they export, the mysqld one as its own user.
     assert finite(stack.prometheus.wait_for('nginx_up{job="nginx"}', 10, "nginx_up")) == [1.0]
     assert finite(stack.prometheus.wait_for('mysql_up{job="mysql"}', 10, "mysql_up")) == [1.0], stack.logs()
@@ -308,3 +308,58 @@ def test_api_down_alert_when_the_api_stops(stack):
     assert [r["metric"]["job"] for r in result] == ["api"]
     # The only replica down is no replica up.
     stack.prometheus.wait_for(scaled(alert_rules()["ApiNoReplicaUp"]), 30, "ApiNoReplicaUp data")
+
+
+def test_a_backup_s_metrics_and_the_backup_age_alert(stack):
+    """db/backup.sh's own metrics file, read by node_exporter: fresh after a backup, no alert;
+    the same file with its time three intervals back, and BackupTooOld holds."""
+    r = stack.backup_script.run("backup", env={"BACKUP_INTERVAL_HOURS": "1"})
+    assert r.returncode == 0, r.stderr
+    (taken,) = finite(stack.prometheus.wait_for("db_backup_last_success_timestamp_seconds", 30, "the backup's metrics"))
+    assert abs(taken - time.time()) < 60, taken
+    assert finite(stack.prometheus.query('db_backup_interval_seconds{job="backups"}')) == [3600.0]
+    assert not stack.prometheus.query(scaled(alert_rules()["BackupTooOld"]))
+    metrics = stack.backups / "metrics" / "backup.prom"
+    text = metrics.read_text()
+    metrics.write_text(text.replace(f"db_backup_last_success_timestamp_seconds {int(taken)}",
+                                    f"db_backup_last_success_timestamp_seconds {int(taken) - 3 * 3600}"))
+    try:
+        stack.prometheus.wait_for(scaled(alert_rules()["BackupTooOld"]), 30, "BackupTooOld data")
+        stack.prometheus.wait_for('ALERTS{alertname="BackupTooOld"}', 30, "the alert pending")
+    finally:
+        metrics.write_text(text)
+
+
+def test_the_archive_streams_and_a_full_disk_stalls_it_while_the_database_goes_on(stack):
+    """The real archiver (db/backup.sh archive) streams the binary log, its metrics say so; then
+    its filesystem fills: the stream ends, MariaDB keeps taking writes, and BinlogArchiveStalled
+    holds (the metrics file goes stale: it cannot be written either)."""
+    if not stack.backups_is_tmpfs:
+        import pytest
+        pytest.skip("needs root to mount the small filesystem it fills")
+    log = stack.backup_script.dir / "archive.log"
+    archiver = stack.backup_script.spawn("archive", log=log)
+    filler = stack.backups / "filler"
+    try:
+        stack.db.sql("CREATE TABLE app.padding (id INT PRIMARY KEY, pad LONGTEXT) ENGINE=InnoDB")
+        stack.db.sql("INSERT INTO app.padding VALUES (1, REPEAT('x', 1000))")
+        stack.prometheus.wait_for('db_binlog_archive_streaming{job="backups"} == 1 and db_binlog_archive_lag_bytes == 0',
+                                  40, "the archiver streaming, caught up")
+        assert not stack.prometheus.query(alert_rules()["BinlogArchiveStalled"])
+        free = os.statvfs(stack.backups)
+        with open(filler, "wb") as f:
+            f.write(b"\0" * (free.f_bavail * free.f_frsize - 64 * 1024))
+        t0 = time.monotonic()
+        for i in range(2, 42):   # 40 x 100 KB of binary log, more than is left
+            stack.db.sql(f"INSERT INTO app.padding VALUES ({i}, REPEAT('y', 100000))")
+        assert stack.db.sql("SELECT COUNT(*) FROM app.padding").split()[-1] == "41"
+        stack.prometheus.wait_for(alert_rules()["BinlogArchiveStalled"], 180, "BinlogArchiveStalled data")
+        stack.prometheus.wait_for('ALERTS{alertname="BinlogArchiveStalled"}', 30, "the alert pending")
+        assert "the stream ended" in log.read_text(), log.read_text()[-2000:]
+        # the database never waited for the archive
+        stack.db.sql("INSERT INTO app.padding VALUES (100, 'after')")
+        print(f"archive stalled on a full disk: alert data after {time.monotonic() - t0:.0f} s")
+    finally:
+        archiver.terminate()
+        archiver.wait(30)
+        filler.unlink(missing_ok=True)

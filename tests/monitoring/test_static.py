@@ -228,7 +228,8 @@ def compose_config(*args) -> dict:
     return json.loads(out.stdout)
 
 
-MONITORING_SERVICES = {"prometheus", "grafana", "nginx-exporter", "mysqld-exporter", "blackbox-exporter"}
+MONITORING_SERVICES = {"prometheus", "grafana", "nginx-exporter", "mysqld-exporter", "blackbox-exporter",
+                       "backup-exporter"}
 
 
 def test_without_the_profile_the_stack_is_the_same_three_services():

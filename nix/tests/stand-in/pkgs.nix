@@ -658,6 +658,13 @@ let
       version = "0.28.0";
       mainProgram = "blackbox_exporter";
     };
+    # pkgs/by-name/pr/prometheus-node-exporter/package.nix: pname "node_exporter", 1.12.0,
+    # mainProgram "node_exporter".
+    prometheus-node-exporter = pkg {
+      pname = "node_exporter";
+      version = "1.12.0";
+      mainProgram = "node_exporter";
+    };
     # pkgs/by-name/ce/certbot/package.nix (python3Packages.certbot 5.5.0, toPythonApplication):
     # mainProgram "certbot". pkgs/by-name/ca/cacert/package.nix: the bundle at
     # etc/ssl/certs/ca-bundle.crt.
