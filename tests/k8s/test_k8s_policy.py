@@ -51,17 +51,19 @@ def port_number(container, port):
 # ---- hardening ---------------------------------------------------------------------------------
 
 # What each workload runs: the CronJob runs the db image's backup tool (db/BACKUP.md).
-IMAGE_OF = {"api": "api", "proxy": "proxy", "db": "db", "db-backup": "db"}
+IMAGE_OF = {"api": "api", "proxy": "proxy", "db": "db", "db-backup": "db", "binlog-archiver": "db"}
+# The workloads that run the db image's backup tool instead of its server (contract: backupCommand).
+BACKUP_TOOL = {"db-backup", "binlog-archiver"}
 
 
 def is_job(d):
     return d["kind"] in ("CronJob", "Job")
 
 
-def test_there_are_the_four_workloads(docs):
+def test_there_are_the_five_workloads(docs):
     assert sorted((d["kind"], d["metadata"]["name"]) for d, _ in pods(docs)) == [
-        ("CronJob", "db-backup"), ("Deployment", "api"), ("Deployment", "proxy"),
-        ("StatefulSet", "db")]
+        ("CronJob", "db-backup"), ("Deployment", "api"), ("Deployment", "binlog-archiver"),
+        ("Deployment", "proxy"), ("StatefulSet", "db")]
 
 
 def test_the_backup_job_runs_alone_and_bounded(docs):
@@ -79,6 +81,32 @@ def test_the_backup_job_runs_alone_and_bounded(docs):
     db_env = env_of(one(docs, "StatefulSet", "db")["spec"]["template"]["spec"]["containers"][0])
     assert db_env["BACKUP_USER"] == env["BACKUP_USER"], "the db creates the account the job uses"
     assert db_env["MYSQL_DATABASE"] == env["DB_NAME"]
+
+
+def test_one_archiver_streams_into_the_backups_volume_beside_the_job(docs):
+    archiver = one(docs, "Deployment", "binlog-archiver")
+    assert archiver["spec"]["replicas"] == 1 and archiver["spec"]["strategy"] == {"type": "Recreate"}, \
+        "two streams would write the same files"
+    spec = archiver["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["args"] == ["archive"], c["args"]
+    job = one(docs, "CronJob", "db-backup")["spec"]["jobTemplate"]["spec"]["template"]
+    (jc,) = job["spec"]["containers"]
+    backups = CONTRACT["db"]["backupDir"]
+    claim = volume(spec, mounts(c)[backups])["persistentVolumeClaim"]["claimName"]
+    assert claim == volume(job["spec"], mounts(jc)[backups])["persistentVolumeClaim"]["claimName"]
+    assert one(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # ReadWriteOnce: the job's pods go to the archiver's node
+    (term,) = job["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert labels_match(term["labelSelector"], archiver["spec"]["template"]["metadata"]["labels"])
+    assert not labels_match(term["labelSelector"], job["metadata"]["labels"])
+    env, job_env = env_of(c), env_of(jc)
+    for key in ("DB_HOST", "DB_PORT", "DB_NAME", "BACKUP_USER", "BACKUP_PASSWORD_FILE"):
+        assert env[key] == job_env[key], key
+    # its probes are the tool's own health check
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["exec"]["command"][:2] == [CONTRACT["db"]["backupCommand"], "archive-health"], probe
 
 
 def test_every_pod_is_hardened(docs):
@@ -169,7 +197,7 @@ def test_entrypoints_are_the_images(docs):
     job runs the db image's backup tool, which the contract names too."""
     for d, spec in pods(docs):
         for c in spec["containers"]:
-            if d["metadata"]["name"] == "db-backup":
+            if d["metadata"]["name"] in BACKUP_TOOL:
                 assert c["command"] == [CONTRACT["db"]["backupCommand"]], c["command"]
             else:
                 assert "command" not in c, d["metadata"]["name"]
@@ -590,6 +618,8 @@ def test_network_policies(target, docs):
            for kind, name in (("Deployment", "proxy"), ("Deployment", "api"), ("StatefulSet", "db"))}
     job = one(docs, "CronJob", "db-backup")["spec"]["jobTemplate"]["spec"]["template"]
     pod["backup"] = {"namespace": NAMESPACE, "labels": job["metadata"]["labels"]}
+    archiver = one(docs, "Deployment", "binlog-archiver")["spec"]["template"]
+    pod["archiver"] = {"namespace": NAMESPACE, "labels": archiver["metadata"]["labels"]}
     dns = {"namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}}
     ingress_controller = {"namespace": "ingress-nginx", "labels": {"app.kubernetes.io/name": "ingress-nginx"}}
     tcp = lambda n: (n, "TCP")  # noqa: E731
@@ -597,7 +627,8 @@ def test_network_policies(target, docs):
     assert flow(policies, pod["proxy"], pod["api"], tcp(8000))
     assert flow(policies, pod["api"], pod["db"], tcp(3306))
     assert flow(policies, pod["backup"], pod["db"], tcp(3306))
-    for name in ("proxy", "api", "backup"):
+    assert flow(policies, pod["archiver"], pod["db"], tcp(3306))
+    for name in ("proxy", "api", "backup", "archiver"):
         assert flow(policies, pod[name], dns, (53, "UDP")) and flow(policies, pod[name], dns, tcp(53)), name
     assert flow(policies, ingress_controller, pod["proxy"], tcp(8080))
     # Prometheus in the namespace `monitoring` scrapes the api's /metrics (k8s/README.md).
@@ -624,6 +655,9 @@ def test_network_policies(target, docs):
         (pod["proxy"], pod["backup"], tcp(3306)),
         (OUTSIDE, pod["backup"], tcp(3306)),
         (pod["backup"], OUTSIDE, tcp(443)),
+        (pod["archiver"], pod["api"], tcp(8000)),
+        (pod["archiver"], OUTSIDE, tcp(443)),
+        (OUTSIDE, pod["archiver"], tcp(3306)),
         # only that namespace AND that label, only the api's port
         ({"namespace": "monitoring", "labels": {"app.kubernetes.io/name": "grafana"}}, pod["api"], tcp(8000)),
         ({"namespace": "default", "labels": {"app.kubernetes.io/name": "prometheus"}}, pod["api"], tcp(8000)),
