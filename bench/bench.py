@@ -109,8 +109,10 @@ def machine_jiffies():
 
 class MariaDB:
     # Sized for a 2-core / few-GiB box that also runs the API, nginx and wrk.
+    # The binary log as the db image writes it (db/entrypoint.sh): ROW, fsync'ed per commit.
+    BINLOG = ["--log-bin=binlog-bench", "--server-id=1", "--binlog-format=ROW", "--sync-binlog=1"]
     ARGS = [
-        "--skip-log-bin",  # no replica here: no binlog write per commit
+        *BINLOG,
         "--innodb-buffer-pool-size=256M",  # 10k seeded + ~1M created rows fit
         "--innodb-log-file-size=256M",  # fewer checkpoints under the create runs
         "--performance-schema=OFF",  # its per-statement accounting costs CPU
@@ -581,6 +583,10 @@ VARIANT_SETS = {
     "backlog": {
         "listen_backlog=4096 (default)": {},
         "listen_backlog=128 (Rocket's)": {"env": {"ROCKET_LISTEN_BACKLOG": "0"}},
+    },
+    "binlog": {
+        "binary log ROW, sync_binlog=1 (db image)": {},
+        "no binary log (before 2026-12-06)": {"db_args": ["--skip-log-bin"]},
     },
     "commit": {
         "flush_log_at_trx_commit=1 (db image)": {},
