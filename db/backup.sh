@@ -600,7 +600,7 @@ do_recover() {
     # the binary log's times are whole seconds, UTC
     until="${until/T/ }" until="${until%Z}"
     [[ "$until" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}\ [0-9]{2}:[0-9]{2}:[0-9]{2}$ ]] && date -u -d "$until" +%s >/dev/null 2>&1 \
-      || die "--until $until: not a time (YYYY-MM-DD HH:MM:SS, UTC) nor a position (binlog-...NNNNNN:POS)"
+      || die "--until $until: not a time (YYYY-MM-DD HH:MM:SS, UTC) nor a position (binlog-...NNNNNN:POS); nothing was changed"
     stop=(--stop-datetime="$until")
   fi
   ((!no_archive)) || [[ -z "$until" ]] || die "--until replays the archive: it does not go with --no-archive"

@@ -5,8 +5,9 @@
   `recover` from the backup plus the archive: every write acknowledged more than a moment before
   the loss is back, the lost ones are counted, no transfer is half there;
 - `recover --until` a recorded second: exactly the writes acknowledged before it;
-- a gap in the archive (a file missing, a file of another timeline in its place) is refused
-  with the missing file named, and nothing changes;
+- a gap in the archive (a file missing, a file of another timeline or of another server in its
+  place), a backup whose timeline has no archive, a time that is not one: refused, the file
+  named, nothing changed;
 - retention: archived files go once a later backup covers them.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import e2e_support as e2e
+from harness.mariadb import MariaDB
 from test_60_backup import Transfers, take_backup
 
 root_sql = e2e.root_sql
@@ -233,31 +235,67 @@ def test_recover_until_a_time_gives_exactly_the_writes_before_it(pitr, record):
            f"there, none of the {len(STATE['after_mark'])} after it")
 
 
-def test_a_gap_in_the_archive_is_refused_and_changes_nothing(pitr):
+def binlog_of_another_server(name: str, directory: Path) -> Path:
+    """A binary-log file named ``name``, written by another server (server id 7): a MariaDB of
+    the harness with the same log name, switched to new files until that one exists."""
+    base, number = name.rsplit(".", 1)
+    with MariaDB.start(extra_args=[f"--log-bin={base}", "--server-id=7", "--binlog-format=ROW"]) as other:
+        for _ in range(int(number) - 1):
+            other.sql("FLUSH BINARY LOGS;")
+        other.sql("CREATE DATABASE elsewhere;")
+        made = directory / name
+        shutil.copyfile(other.dir / "data" / name, made)
+    return made
+
+
+def refused(p, *args) -> str:
+    r = recover(p, *args, check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "nothing was changed" in out, out
+    return out
+
+
+def test_a_gap_or_a_foreign_archive_is_refused_and_changes_nothing(pitr, tmp_path):
     if "timelines" not in STATE:
         pytest.skip("needs the volume-loss test's archive")
     files = [f for tl in sorted(STATE["timelines"]) for f in archived(pitr, tl)]
     chain = [f for f in files if f.name.startswith(files[0].name.rsplit(".", 1)[0])]
     assert len(chain) >= 3, chain
     middle = chain[1]
+    foreign = binlog_of_another_server(middle.name, tmp_path)
     state = root_sql(pitr, "CHECKSUM TABLE users;")
+    current = server_binlog(pitr)[0].rsplit(".", 1)[0]
     pitr.compose("stop", "api", "db")
-    aside = middle.with_name("aside")
+    aside = tmp_path / "aside"
+    until = utc(STATE["mark"])
     try:
-        middle.rename(aside)
-        r = recover(pitr, "--force", "--until", utc(STATE["mark"]), check=False)
-        out = r.stdout + r.stderr
-        assert r.returncode != 0 and "gap" in out and middle.name in out \
-            and "nothing was changed" in out, out
-        # a file of another timeline under the missing name: not the chain's
+        shutil.move(middle, aside)
+        out = refused(pitr, "--force", "--until", until)
+        assert "gap" in out and middle.name in out, out
+        # a file of another timeline under the missing name: it does not continue the chain
         other = sorted(set(archived(pitr)) - set(chain))[0]
         shutil.copy2(other, middle)
-        r = recover(pitr, "--force", "--until", utc(STATE["mark"]), check=False)
-        out = r.stdout + r.stderr
-        assert r.returncode != 0 and middle.name in out and "nothing was changed" in out, out
+        assert middle.name in refused(pitr, "--force", "--until", until)
+        # a file of another server under that name
+        shutil.copy2(foreign, middle)
+        os.chown(middle, 999, 999)
+        out = refused(pitr, "--force", "--until", until)
+        assert "server id 7" in out and "another server" in out, out
     finally:
         middle.unlink(missing_ok=True)
-        aside.rename(middle)
+        shutil.move(aside, middle)
+    # the newest backup (the last recovery's) without its timeline's archive
+    hidden = archived(pitr, current)
+    for f in hidden:
+        shutil.move(f, tmp_path / f.name)
+    try:
+        out = refused(pitr, "--force")
+        assert f"no archived binary log of this backup's timeline ({current})" in out, out
+    finally:
+        for f in hidden:
+            shutil.move(tmp_path / f.name, f)
+    # bad input: not a time
+    assert "not a time" in refused(pitr, "--until", "yesterday")
     after_recovery(pitr)
     assert root_sql(pitr, "CHECKSUM TABLE users;") == state
 
