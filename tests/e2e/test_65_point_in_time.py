@@ -216,7 +216,12 @@ def test_recover_until_a_time_gives_exactly_the_writes_before_it(pitr, record):
     if "mark" not in STATE:
         pytest.skip("needs the volume-loss test's archive")
     mark = STATE["mark"]
-    pitr.compose("stop", "api", "db")
+    pitr.compose("stop", "api")
+    # the db still running on its volume: refused
+    r = recover(pitr, "--force", "--until", utc(mark), check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "is running: stop it first" in out and "nothing was changed" in out, out
+    pitr.compose("stop", "db")
     r = recover(pitr, "--until", utc(mark), check=False)
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "--force replaces it" in out, out
