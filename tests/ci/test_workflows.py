@@ -191,13 +191,19 @@ def test_the_nix_detection_reads_scripts_and_words():
 
 # ---- pinning, permissions, secrets -----------------------------------------------------------
 
-PINNED = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@(v\d+(\.\d+){0,2}|[0-9a-f]{40})$")
+PINNED = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
+# In the file, after the commit: the release it is, for the reader and for updates.
+VERSION_COMMENT = re.compile(r"uses: (\S+@[0-9a-f]{40}) # v\d+(\.\d+){0,2}$", re.M)
 
 
-def test_actions_are_pinned_by_tag_or_sha():
+def test_actions_are_pinned_by_commit_with_the_version_in_a_comment():
+    """A tag can be moved to other code; a commit cannot. Every action is pinned by its full
+    commit SHA (taken from the action's release, never made up), its version beside it."""
+    commented = {m.group(1) for wf in WORKFLOWS for m in VERSION_COMMENT.finditer(wf.read_text())}
     for wf, job, _, step in steps():
         if "uses" in step and not step["uses"].startswith("./"):
-            assert PINNED.match(step["uses"]), f"{wf.name} job {job}: {step['uses']} is not pinned to a tag or a SHA"
+            assert PINNED.match(step["uses"]), f"{wf.name} job {job}: {step['uses']} is not pinned to a commit"
+            assert step["uses"] in commented, f"{wf.name} job {job}: {step['uses']} has no `# vN` comment"
 
 
 def test_permissions_are_least_privilege():
