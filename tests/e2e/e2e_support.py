@@ -4,6 +4,7 @@ running processes' /proc and cgroup files, health and log timing."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -445,6 +446,15 @@ def first_line(lines, needle: str, after: float = 0.0) -> float | None:
 
 def dump(obj) -> str:
     return json.dumps(obj, indent=1, sort_keys=True)
+
+
+def backups_dir(p) -> Path:
+    """The project's ./backups, made as the docs say: 0700, owned by the backup services' uid
+    999 (compose would make a missing one as root, which they cannot write)."""
+    d = p.dir / "backups"
+    d.mkdir(mode=0o700, exist_ok=True)
+    os.chown(d, 999, 999)
+    return d
 
 
 def root_sql(p, statements: str) -> str:

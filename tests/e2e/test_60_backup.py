@@ -39,9 +39,7 @@ ARCHIVE_GRANTS = {"REPLICATION SLAVE", "BINLOG MONITOR"}
 @pytest.fixture(scope="module")
 def bk(project):
     """The session's project, up, with ./backups writable by the backup service's uid 999."""
-    d = project.dir / "backups"
-    d.mkdir(mode=0o700, exist_ok=True)
-    os.chown(d, 999, 999)
+    e2e.backups_dir(project)
     project.up()
     return project
 

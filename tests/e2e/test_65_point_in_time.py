@@ -39,9 +39,7 @@ RECOVERY_POINT_SECONDS = 1.0
 @pytest.fixture(scope="module")
 def pitr(project):
     """The session's project, up, with ./backups writable by uid 999 and the archiver running."""
-    d = project.dir / "backups"
-    d.mkdir(mode=0o700, exist_ok=True)
-    os.chown(d, 999, 999)
+    e2e.backups_dir(project)
     project.up()
     start_archiver(project)
     yield project
