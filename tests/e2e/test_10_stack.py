@@ -4,10 +4,11 @@ import re
 import stat
 import subprocess
 import time
+from datetime import datetime, timezone
 
 import requests
 
-from harness import compose, procs, testssl
+from harness import compose, testssl, tls
 
 REPO = compose.REPO
 
@@ -100,10 +101,9 @@ def test_the_proxy_image_refuses_an_expired_certificate_with_one_line(stack, sta
     # nginx does not read dates: the image's entrypoint (proxy-preflight) does, then execs nginx.
     for name in ("tls_cert.pem", "tls_key.pem"):
         (tmp_path / name).unlink(missing_ok=True)
-    subprocess.run(
-        [procs.program("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-noenc", "-subj", "/CN=localhost", "-not_before", "20250101000000Z", "-not_after", "20250201000000Z",
-         "-keyout", tmp_path / "tls_key.pem", "-out", tmp_path / "tls_cert.pem"], check=True, capture_output=True)
+    tls.self_signed(tmp_path / "tls_cert.pem", tmp_path / "tls_key.pem", "localhost",
+                    not_before=datetime(2025, 1, 1, tzinfo=timezone.utc),
+                    not_after=datetime(2025, 2, 1, tzinfo=timezone.utc))
     for name in ("tls_cert.pem", "tls_key.pem"):
         (tmp_path / name).chmod(0o644)
     run = stack.docker_run(

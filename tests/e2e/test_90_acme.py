@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import compose, images
+from harness import compose, images, tls
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "acme-pebble.yml"
 DOMAIN = "www.user-api.test"
@@ -30,11 +30,8 @@ def pebble_files(directory: Path) -> None:
     """pebble's config and the certificate of its own HTTPS endpoint (certbot trusts it through
     REQUESTS_CA_BUNDLE). Validations go to port 8080: the proxy's, inside the edge network."""
     directory.mkdir(mode=0o755)
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "2", "-subj", "/CN=pebble", "-addext", "subjectAltName=DNS:pebble,IP:127.0.0.1",
-         "-keyout", directory / "key.pem", "-out", directory / "cert.pem"],
-        check=True, capture_output=True)
+    tls.self_signed(directory / "cert.pem", directory / "key.pem", "pebble", days=2,
+                    san="DNS:pebble,IP:127.0.0.1")
     (directory / "key.pem").chmod(0o644)  # pebble runs as nobody; a test key
     (directory / "pebble.json").write_text(json.dumps({"pebble": {
         "listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import procs
+from harness import procs, tls
 from harness.api import Api
 from harness.mariadb import MariaDB
 from harness.nginx import Nginx
@@ -197,12 +197,8 @@ def blackbox_exporter() -> Exporter:
 
 def certificate(directory: Path, days: int) -> tuple[Path, Path]:
     """A self-signed certificate for localhost ending ``days`` from now, and its key."""
-    cert, key = directory / f"cert-{days}d.pem", directory / f"key-{days}d.pem"
-    subprocess.run(
-        [program("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", str(days), "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
-        check=True, capture_output=True)
-    return cert, key
+    return tls.self_signed(directory / f"cert-{days}d.pem", directory / f"key-{days}d.pem", "localhost",
+                           days=days)
 
 
 def backup_exporter(metrics_dir: Path) -> Exporter:

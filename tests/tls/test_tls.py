@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import procs, testssl
+from harness import testssl, tls
 from harness.api import Api
 from harness.mariadb import MariaDB
 from harness.nginx import Nginx
@@ -238,16 +238,9 @@ def test_the_scanner_finds_nothing_of_medium_severity_or_above(proxy, files, tmp
 
 
 def certificate(directory: Path, issuer: str, not_after: datetime, not_before=None) -> None:
-    """A self-signed tls_cert.pem / tls_key.pem pair issued by ``issuer`` with these dates
-    (forky's OpenSSL 3.5: -not_before/-not_after, which 3.0's lacks, date it in the past)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    stamp = lambda t: t.strftime("%Y%m%d%H%M%SZ")  # noqa: E731
-    not_before = not_before or not_after - timedelta(days=90)
-    subprocess.run(
-        [procs.program("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-noenc", "-subj", f"/CN={issuer}", "-not_before", stamp(not_before), "-not_after", stamp(not_after),
-         "-keyout", directory / "tls_key.pem", "-out", directory / "tls_cert.pem"],
-        check=True, capture_output=True)
+    """A self-signed tls_cert.pem / tls_key.pem pair issued by ``issuer`` with these dates."""
+    tls.self_signed(directory / "tls_cert.pem", directory / "tls_key.pem", issuer,
+                    not_after=not_after, not_before=not_before)
 
 
 def run_local_tls(directory: Path):
