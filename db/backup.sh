@@ -95,7 +95,13 @@ done
 ((BACKUP_INTERVAL_HOURS >= 1)) || die "BACKUP_INTERVAL_HOURS must be at least 1"
 
 WORK=""
+SERVER_PID=""
 cleanup() {
+  # recover's own server, stopped cleanly on any way out
+  if [[ -n "$SERVER_PID" ]]; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
   [[ -z "$WORK" ]] || rm -rf -- "$WORK"
   [[ -z "${PARTIAL:-}" ]] || rm -f -- "$PARTIAL" "$PARTIAL.sha256"
 }
@@ -657,7 +663,7 @@ do_recover() {
   log "starting a server of its own on the data volume (unix socket only, no binary log)"
   /bin/db-entrypoint --maintenance >"$WORK/server.log" 2>&1 &
   pid=$!
-  trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; exit 143' TERM INT
+  SERVER_PID=$pid
   for ((n = 0; ; n++)); do
     kill -0 "$pid" 2>/dev/null || { cat "$WORK/server.log" >&2; die "the server did not start (its log is above; is the db service still running on this volume?)"; }
     # after the entrypoint's exec: the server itself, not the first start's temporary one
@@ -678,19 +684,25 @@ do_recover() {
   load_backup "$cnf" "$force" "$file" recover
   if ((!no_archive)); then
     log "replaying the archive from $pos:$num${until:+ up to $until}"
-    if ! mariadb-binlog --database="$DB_NAME" --start-position="$num" "${stop[@]}" "${CHAIN[@]}" 2>/dev/null \
-        | mariadb --defaults-extra-file="$cnf" --batch --binary-mode; then
-      die "replaying the archive failed (the error is above): the database holds the backup and part of the archive; run recover again with --force"
-    fi
+    local status=()
+    {
+      mariadb-binlog --database="$DB_NAME" --start-position="$num" "${stop[@]}" "${CHAIN[@]}" 2>"$WORK/replay.err" \
+        | mariadb --defaults-extra-file="$cnf" --batch --binary-mode
+      status=("${PIPESTATUS[@]}")
+    } || true
+    ((status[1] == 0)) || die "replaying the archive failed (the error is above): the database holds the backup and part of the archive; run recover again with --force"
+    # a last event cut short (the dry run said so) ends the read early; anything else is an error
+    ((status[0] == 0)) || [[ -s "$WORK/binlog.err" ]] \
+      || die "reading the archive failed part-way: $(head -c 300 "$WORK/replay.err"); run recover again with --force"
     if [[ "$last" == - ]]; then log "replayed nothing: the archive holds no change after the backup"; else log "replayed $count transaction(s), the last from $last UTC"; fi
   fi
   new="$(/bin/db-entrypoint --new-timeline)" || die "starting a new binary-log timeline failed"
   # the recovered state, the first backup of the new timeline: a later recovery starts there
   write_backup "$cnf" "$HEADER server_id=$(sql "$cnf" "SELECT @@server_id") binlog=$(binlog_file "$new" 1):4"
   f="$WRITTEN"
+  SERVER_PID=""
   kill -TERM "$pid"
   wait "$pid" || die "the server did not shut down cleanly (its log: $(tail -n 5 "$WORK/server.log"))"
-  trap - TERM INT
   log "recovered '$DB_NAME' in $((SECONDS - started)) s; new timeline $new, its first backup ${f##*/}; now: docker compose up -d"
 }
 
