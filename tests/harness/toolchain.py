@@ -54,6 +54,9 @@ PACKAGES = (
     "pebble",                      # 2.10: Let's Encrypt's ACME test server (tests/tls)
     "prometheus-blackbox-exporter",  # 0.28: certificate expiry (monitoring profile)
     "prometheus-node-exporter",    # the backups' metrics (textfile collector; monitoring profile)
+    # The release path against a local registry (tests/ci/test_release.py): the registry, and the
+    # tools .github/scripts/images.sh runs (on GitHub from the flake's nixpkgs).
+    "docker-registry", "skopeo", "cosign", "docker-buildx",
 )
 
 # Run in the root once its packages are in: what a machine with these packages has and mmdebstrap
@@ -83,6 +86,10 @@ PROGRAMS = {
     "pebble": "/usr/bin/pebble",
     "prometheus-blackbox-exporter": "/usr/bin/prometheus-blackbox-exporter",
     "prometheus-node-exporter": "/usr/bin/prometheus-node-exporter",
+    "docker-registry": "/usr/bin/docker-registry",
+    "skopeo": "/usr/bin/skopeo",
+    "cosign": "/usr/bin/cosign",
+    "docker-buildx": "/usr/libexec/docker/cli-plugins/docker-buildx",
 }
 
 # The root's own system; every other top-level directory of the host is bound over it.
