@@ -8,20 +8,31 @@
 #                                   with `nix build --rebuild` (fails if any output differs),
 #                                   stream each image before and after and compare the digests;
 #                                   sizes and digests go to the job summary
-#   images.sh login                 log in to ghcr.io with GITHUB_TOKEN (skopeo), into
-#                                   ~/.docker/config.json: skopeo, syft, cosign and buildx read it
+#   images.sh login                 log in to REGISTRY's host (ghcr.io) as GITHUB_ACTOR with
+#                                   GITHUB_TOKEN (skopeo), into $DOCKER_CONFIG/config.json
+#                                   (~/.docker): skopeo, syft, cosign and buildx read it
 #   images.sh tags                  the registry tags of this push (GITHUB_OUTPUT: tags, version)
-#   images.sh push ARCH             push each image as <registry>/<image>:<sha>-<ARCH> with skopeo
-#                                   (no daemon), SBOM (syft) attested and signed with cosign
-#                                   keyless; digests into digests-<ARCH>.txt
+#   images.sh push ARCH             push each image `build` made (./image-<name>) as
+#                                   <registry>/<image>:<sha>-<ARCH> with skopeo (no daemon), SBOM
+#                                   (syft) attested and signed with cosign; digests into
+#                                   digests-<ARCH>.txt
 #   images.sh manifest              one multi-arch index per image from the digests-*.txt files,
-#                                   tagged with each word of TAGS (from `tags`); cosign signs each
+#                                   tagged with each word of TAGS (from `tags`); cosign signs each;
+#                                   writes the production overlay's images, pinned to the indexes'
+#                                   digests (k8s/overlays/production/release/kustomization.yaml)
+#
+# Signing is keyless (GitHub's OIDC token, Fulcio, Rekor) unless COSIGN_KEY names the private key
+# of a cosign key pair (COSIGN_PASSWORD its password): for a registry of your own without
+# Sigstore's public services, and for tests/e2e/test_95_release.py, which runs this script
+# against a local registry. With a key nothing goes to a transparency log, so verify with
+# `cosign verify --key cosign.pub --insecure-ignore-tlog`.
 #
 # Environment: REGISTRY (e.g. ghcr.io/owner, lowercase) for push and manifest; GITHUB_* as set by
 # Actions. Needs nix (and docker's buildx plugin for manifest: `imagetools` talks to the registry
 # itself, no daemon is used). skopeo, syft, cosign and jq come from the flake's own pinned
 # nixpkgs (`nix shell --inputs-from .`), so their versions move with flake.lock, not with the
-# runner image or a third-party action.
+# runner image or a third-party action; IMAGES_SH_TOOLS=1 says they are on PATH already (the
+# local release test takes Debian's).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -55,10 +66,21 @@ build() {
   done
 }
 
+# stream attr -> the stream script `build` linked (./image-<attr>): it writes the image as a
+# docker-archive tar on stdout.
+stream() {
+  local script="./image-$1"
+  if [ ! -x "$script" ]; then
+    echo "no $script: run \`images.sh build\` first (in this job)" >&2
+    return 1
+  fi
+  echo "$script"
+}
+
 # stream_digest attr -> "<bytes> <sha256 of the tar> <image id>" of the image the script writes
 stream_digest() {
   local tar="$tmp/$1.tar" size sha id
-  "./image-$1" >"$tar"
+  "$(stream "$1")" >"$tar"
   size="$(stat -c %s "$tar")"
   sha="$(sha256sum "$tar" | cut -d' ' -f1)"
   # The image id is the digest of its config blob: what `docker images` shows.
@@ -132,11 +154,19 @@ tags() {
 }
 
 login() {
-  mkdir -p "$HOME/.docker"
-  skopeo login --authfile "$HOME/.docker/config.json" --username "${GITHUB_ACTOR:?}" --password-stdin ghcr.io \
+  : "${REGISTRY:?REGISTRY: e.g. ghcr.io/owner}"
+  local config="${DOCKER_CONFIG:-$HOME/.docker}/config.json"
+  mkdir -p "$(dirname "$config")"
+  skopeo login --authfile "$config" --username "${GITHUB_ACTOR:?}" --password-stdin "${REGISTRY%%/*}" \
     <<<"${GITHUB_TOKEN:?}"
-  echo "REGISTRY_AUTH_FILE=$HOME/.docker/config.json" >>"${GITHUB_ENV:?}"
+  echo "REGISTRY_AUTH_FILE=$config" >>"${GITHUB_ENV:?}"
 }
+
+# cosign's flags for `sign` and `attest`: keyless, or the key pair of COSIGN_KEY (see the top).
+signing=(--yes)
+if [ -n "${COSIGN_KEY:-}" ]; then
+  signing+=(--key "$COSIGN_KEY" --use-signing-config=false --tlog-upload=false)
+fi
 
 # name of the registry repository of an image attribute: api-image -> user-api, ...
 repo_of() {
@@ -146,17 +176,17 @@ repo_of() {
 }
 
 push() {
-  local arch="${1:?arch}" image repo digest
+  local arch="${1:?arch}" image repo digest script
   : >"digests-$arch.txt"
   for image in "${images[@]}"; do
     repo="$(repo_of "$image")"
-    "$(nix_ build --print-out-paths --no-link ".#$image")" |
-      skopeo copy --digestfile "$tmp/digest" docker-archive:/dev/stdin "docker://$repo:${GITHUB_SHA:?}-$arch"
+    script="$(stream "$image")"
+    "$script" | skopeo copy --digestfile "$tmp/digest" docker-archive:/dev/stdin "docker://$repo:${GITHUB_SHA:?}-$arch"
     digest="$(cat "$tmp/digest")"
     echo "$repo $digest" >>"digests-$arch.txt"
     syft scan "registry:$repo@$digest" -o "spdx-json=$tmp/sbom.spdx.json"
-    cosign attest --yes --type spdxjson --predicate "$tmp/sbom.spdx.json" "$repo@$digest"
-    cosign sign --yes "$repo@$digest"
+    cosign attest "${signing[@]}" --type spdxjson --predicate "$tmp/sbom.spdx.json" "$repo@$digest"
+    cosign sign "${signing[@]}" "$repo@$digest"
     echo "pushed $repo@$digest ($arch), SBOM attested, signed"
   done
 }
@@ -169,6 +199,7 @@ manifest() {
   echo "| image | tags | index digest |" >>"$summary"
   echo "|---|---|---|" >>"$summary"
   cut -d' ' -f1 digests-*.txt | sort -u >"$tmp/repos.txt"
+  : >"$tmp/indexes.txt"
   while read -r repo; do
     sources=()
     while read -r name digest; do
@@ -178,9 +209,32 @@ manifest() {
     for tag in "$@"; do args+=(--tag "$repo:$tag"); done
     docker buildx imagetools create "${args[@]}" "${sources[@]}"
     index="$(docker buildx imagetools inspect "$repo:$1" --format '{{json .Manifest}}' | jq -r .digest)"
-    cosign sign --yes "$repo@$index"
+    cosign sign "${signing[@]}" "$repo@$index"
+    echo "$repo $index" >>"$tmp/indexes.txt"
     echo "| $repo | $* | \`$index\` |" >>"$summary"
   done <"$tmp/repos.txt"
+  overlay <"$tmp/indexes.txt"
+}
+
+# The production overlay's images (a kustomize Component it includes), each pinned to the digest
+# of its index as pushed: what is deployed is what was signed, whatever a tag points at later.
+# Reads "<repo> <digest>" lines; the release uploads the file (k8s/README.md, "Production").
+overlay() {
+  local file=k8s/overlays/production/release/kustomization.yaml repo digest
+  {
+    echo "# Written by .github/scripts/images.sh manifest (release.yml), for ${GITHUB_REF:-a release} at"
+    echo "# ${GITHUB_SHA:-?}: the images of the production overlay, by the digest of each signed index."
+    echo "apiVersion: kustomize.config.k8s.io/v1alpha1"
+    echo "kind: Component"
+    echo "images:"
+    while read -r repo digest; do
+      echo "  - name: ${repo##*/}"
+      echo "    newName: $repo"
+      echo "    digest: $digest"
+    done
+  } >"$file.new"
+  mv "$file.new" "$file"
+  echo "wrote $file"
 }
 
 case "${1:-}" in
@@ -196,7 +250,7 @@ case "${1:-}" in
     "$command" "$@"
     ;;
   *)
-    sed -n '2,20p' "$0" >&2
+    sed -n '2,/^set -euo pipefail$/{/^set /!p}' "$0" >&2
     exit 2
     ;;
 esac
