@@ -622,6 +622,17 @@ do_recover() {
       [[ "${BASH_REMATCH[1]}-${BASH_REMATCH[2]}-${BASH_REMATCH[3]} ${BASH_REMATCH[4]}:${BASH_REMATCH[5]}:${BASH_REMATCH[6]}" > "$until" ]] || file="$f"
     done
     [[ -n "$file" ]] || die "no backup in $BACKUP_DIR was taken before $until; nothing was changed"
+  elif [[ -n "$until_file" ]]; then
+    # the newest backup of that position's timeline whose snapshot is at or before it
+    mapfile -t all < <(backups)
+    for f in "${all[@]}"; do
+      read -r pos num _ < <(backup_position "$f"; echo) || true
+      [[ -n "$pos" && "${pos%.*}" == "${until_file%.*}" ]] || continue
+      if ((10#${pos##*.} < 10#${until_file##*.} || (10#${pos##*.} == 10#${until_file##*.} && num <= until_pos))); then
+        file="$f"
+      fi
+    done
+    [[ -n "$file" ]] || die "no backup in $BACKUP_DIR was taken in ${until_file%.*} before $until; nothing was changed"
   else
     file="$(resolve latest)"
   fi

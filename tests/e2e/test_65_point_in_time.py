@@ -4,7 +4,8 @@
   switched to new files twice); the db container killed and its volume removed mid-write;
   `recover` from the backup plus the archive: every write acknowledged more than a moment before
   the loss is back, the lost ones are counted, no transfer is half there;
-- `recover --until` a recorded second: exactly the writes acknowledged before it;
+- `recover --until` a recorded second: exactly the writes acknowledged before it; the same
+  moment as `--until FILE:POS` (the backup picked by its timeline): the same writes;
 - a gap in the archive (a file missing, a file of another timeline or of another server in its
   place), a backup whose timeline has no archive, a time that is not one: refused, the file
   named, nothing changed;
@@ -160,6 +161,9 @@ def test_volume_loss_loses_at_most_the_last_moment(pitr, record):
         mark = int(e2e.now()) + 2
         time.sleep(max(0.0, mark - e2e.now()) + 0.2)
         STATE["mark"], STATE["before_mark"] = mark, {r.userid for r in results_a if r.status == 201}
+        # the same moment as a position: the log's end now (the transfers go on; no user write)
+        log_file, log_pos = root_sql(pitr, "SHOW MASTER STATUS;").split()[:2]
+        STATE["mark_position"] = f"{log_file}:{log_pos}"
         writer = e2e.Writer(pitr.base_url, writer_b_first, "pitr-b")
         writer.start()
         assert writer.wait_for_success_after(e2e.now(), 10)
@@ -234,8 +238,20 @@ def test_recover_until_a_time_gives_exactly_the_writes_before_it(pitr, record):
     assert not extra, f"{len(extra)} writes acknowledged after {utc(mark)} present"
     broken, _ = Transfers.broken_pairs(pitr)
     assert broken == 0
+    # The same moment as FILE:POS: recover picks the backup of that position's timeline (the
+    # newest backup is now the recovered timeline's first, which that position is not in).
+    position = STATE["mark_position"]
+    pitr.compose("stop", "api", "db")
+    r = recover(pitr, "--force", "--until", position)
+    out = r.stdout + r.stderr
+    assert STATE["backup"].name in out and f"up to {position}" in out, out
+    after_recovery(pitr)
+    stored_by_position = set(e2e.all_users(pitr.base_url))
+    assert {u for u in stored_by_position if 700_000 <= u < 800_000} == \
+        {u for u in stored if 700_000 <= u < 800_000}, "--until FILE:POS and --until its time differ"
+    assert Transfers.broken_pairs(pitr)[0] == 0
     record(f"recover --until {utc(mark)}: {len(STATE['before_mark'])} writes before it all "
-           f"there, none of the {len(STATE['after_mark'])} after it")
+           f"there, none of the {len(STATE['after_mark'])} after it; --until {position}: the same")
 
 
 def binlog_of_another_server(name: str, directory: Path) -> Path:
