@@ -35,6 +35,10 @@ program that names an absolute path, so only PATH lookups are held to the declar
     python3 nix/tests/build_env.py user-api           # cargoCheckHook's `cargo test` (minutes)
     python3 nix/tests/build_env.py --devshell         # `cargo test` as a `nix develop` user
     python3 nix/tests/build_env.py --flake DIR ...    # a scratch copy (mutations)
+    python3 nix/tests/build_env.py image-config --unbuilt absent   # without the image contents,
+                                                      # which only a Nix build makes
+    python3 nix/tests/build_env.py user-api --cargo-target-dir DIR # reuse a target dir (faster,
+                                                      # for development; not the sandbox)
 
 Needs root (namespaces, mounts), unshare, setpriv and chroot (util-linux, coreutils), and the
 forky root (tests/harness/toolchain.py: Nix 2.34 for the evaluation, the servers).
