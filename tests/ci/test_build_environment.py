@@ -5,9 +5,9 @@ Debian programs), no HOME, /build, loopback only, the source exactly the derivat
 The runs of the real checks prove they pass there; the mutations, each applied to a scratch
 copy of the flake, prove the environment bites: a dropped input is a command not found, a file
 outside the fileset is missing, HOME cannot be written, a non-loopback address is unreachable,
-and an input the table lacks stops the run. The user-api check and the dev shell's cargo test
-(minutes each) run only with BUILD_ENV_CARGO=1; `python3 nix/tests/build_env.py user-api` and
-`python3 nix/tests/build_env.py --devshell` are the same runs.
+and an input the table lacks stops the run. The user-api check (minutes) and its mutations run
+only with BUILD_ENV_CARGO=1 (.ci/run sets it); `python3 nix/tests/build_env.py user-api` is the
+same run. The dev shell's `cargo test` (`build_env.py --devshell`) is tests/run's cargo stage.
 """
 
 from __future__ import annotations
@@ -197,19 +197,20 @@ def test_the_environment_is_the_sandbox_s(mutant):
 
 cargo_runs = pytest.mark.skipif(
     os.environ.get("BUILD_ENV_CARGO") != "1",
-    reason="minutes: BUILD_ENV_CARGO=1, or python3 nix/tests/build_env.py user-api / --devshell")
+    reason="minutes: BUILD_ENV_CARGO=1 (.ci/run sets it), or python3 nix/tests/build_env.py user-api")
+
+
+def cargo_target() -> Path:
+    """One target directory for the cargo runs here: the check's own run compiles, the
+    mutations after it (one test each) reuse what it compiled. A Nix build starts without one;
+    cargo's fingerprints make a reused one give the same result, only sooner."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "user-api-tests" \
+        / "build-env" / "target"
 
 
 @cargo_runs
 def test_the_user_api_check_passes_in_the_build_environment():
-    out = run("user-api", timeout=3600)
-    assert out.returncode == 0, out.stdout[-20000:]
-    assert "test result: ok" in out.stdout, out.stdout[-20000:]
-
-
-@cargo_runs
-def test_cargo_test_passes_in_the_dev_shell():
-    out = run("--devshell", timeout=3600)
+    out = run("user-api", "--cargo-target-dir", str(cargo_target()), timeout=3600)
     assert out.returncode == 0, out.stdout[-20000:]
     assert "test result: ok" in out.stdout, out.stdout[-20000:]
 
@@ -221,9 +222,7 @@ def test_the_user_api_check_without_iproute2_fails_where_ss_runs(mutant):
     test runs (checkFlags); the target directory is reused across runs to save the compile."""
     flake = mutant("nix/rust.nix", "        nginx\n        iproute2\n      ];",
                    '        nginx\n      ];\n      checkFlags = [ "the_listen_backlog_is_raised_as_configured" ];')
-    target = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "user-api-tests" \
-        / "build-env" / "target"
-    out = run("user-api", "--flake", str(flake), "--cargo-target-dir", str(target), timeout=3600)
+    out = run("user-api", "--flake", str(flake), "--cargo-target-dir", str(cargo_target()), timeout=3600)
     assert out.returncode != 0, out.stdout[-20000:]
     assert "test lifecycle::the_listen_backlog_is_raised_as_configured ... FAILED" in out.stdout, \
         out.stdout[-20000:]
@@ -239,9 +238,7 @@ def test_the_user_api_check_without_nginx_in_its_fileset_fails_where_the_proxy_r
     (flake / "nix" / "rust.nix").write_text(text.replace(
         "      doCheck = true;\n",
         '      doCheck = true;\n      checkFlags = [ "proxy::the_seed_journey_works_through_the_proxy" ];\n', 1))
-    target = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "user-api-tests" \
-        / "build-env" / "target"
-    out = run("user-api", "--flake", str(flake), "--cargo-target-dir", str(target), timeout=3600)
+    out = run("user-api", "--flake", str(flake), "--cargo-target-dir", str(cargo_target()), timeout=3600)
     assert out.returncode != 0, out.stdout[-20000:]
     assert "proxy::the_seed_journey_works_through_the_proxy ... FAILED" in out.stdout, \
         out.stdout[-20000:]
