@@ -251,7 +251,6 @@ def test_cosign_refuses_an_unsigned_image_an_altered_one_and_another_key(release
     # Another key pair: the release's signature is not its.
     other = release.work / "other"
     other.mkdir()
-    subprocess.run([procs.program("cosign"), "generate-key-pair"], cwd=other, env=release.env,
-                   capture_output=True, check=True)
+    release.tool(procs.program("cosign"), "generate-key-pair", cwd=other)
     out = release.verify(f"{repo}@{release.digests[repo]}", key=other / "cosign.pub")
     assert out.returncode != 0, out.stdout
