@@ -45,7 +45,7 @@ def pitr(project):
     start_archiver(project)
     yield project
     # the next modules get the stack as the others leave it: no ledger, no archiver
-    project.compose("--profile", "backup-schedule", "rm", "-s", "-f", "binlog-archiver")
+    project.compose("--profile", "backup-schedule", "rm", "-s", "-f", "-v", "binlog-archiver")
     project.up()
     root_sql(project, "DROP TABLE IF EXISTS a_ledger, z_ledger, m_filler;")
 
